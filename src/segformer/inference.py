@@ -1,0 +1,202 @@
+"""Evaluation-time inference for any segmentation ``nn.Module``: whole image, sliding window,
+multi-scale + flip test-time augmentation, following the official SegFormer / mmseg recipes.
+
+``model(x)`` must map images (B, C, H, W) to logits (B, K, h, w) at any resolution; logits are
+resized bilinearly (align_corners=False) to the model input size, as mmseg's ``encode_decode``.
+Images are resized after normalisation: bilinear interpolation commutes with the per-channel
+affine normalisation, so this equals resizing the raw image (up to uint8 rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Size = tuple[int, int]
+# short side (int), or (long, short) edge limits with the aspect ratio kept, as mmseg's Resize
+Scale = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How to run a model on a batch at test time.
+
+    mode: "whole" (one forward of the resized batch) or "slide" (crop windows, overlaps averaged).
+    scale: resize before inference: None keeps the size, an int sets the short side, (long, short)
+        rescales so that the long side <= long and the short side <= short.
+    align: round the resized sides up to a multiple of this (official AlignedResize, e.g. 32).
+    crop, stride: (h, w) window size and step for "slide".
+    scales: ratios applied to ``scale`` (or to the image size when ``scale`` is None).
+    flip: also run on the horizontally flipped image.
+    window_batch: windows per forward in "slide" (each forward sees B * window_batch crops).
+    """
+
+    mode: Literal["whole", "slide"] = "whole"
+    scale: Scale | None = None
+    align: int | None = None
+    crop: Size = (1024, 1024)
+    stride: Size = (768, 768)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"InferenceConfig.mode={self.mode!r}; expected 'whole' or 'slide'")
+        # Hydra hands over lists (ListConfig); store tuples so configs compare and hash
+        if self.scale is not None and not isinstance(self.scale, int):
+            object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+        object.__setattr__(self, "crop", _pair(self.crop, "crop"))
+        object.__setattr__(self, "stride", _pair(self.stride, "stride"))
+        object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
+        if any(s > c for s, c in zip(self.stride, self.crop, strict=True)):
+            raise ValueError(
+                f"InferenceConfig.stride={self.stride} exceeds crop={self.crop}: windows would "
+                "leave pixels uncovered"
+            )
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"InferenceConfig.scales={self.scales}; expected positive ratios")
+        if self.window_batch < 1:
+            raise ValueError(f"InferenceConfig.window_batch={self.window_batch}; expected >= 1")
+
+
+def _pair(value: int | Sequence[int], name: str) -> Size:
+    if isinstance(value, int):
+        return value, value
+    values = [int(v) for v in value]
+    if len(values) != 2:
+        raise ValueError(f"InferenceConfig.{name}={value!r}; expected an int or two ints")
+    return values[0], values[1]
+
+
+# The paper's test settings (official configs and tools/test.py --aug-test).
+ADE20K_SS = InferenceConfig(mode="whole", scale=(2048, 512), align=32)
+ADE20K_MS = InferenceConfig(
+    mode="whole", scale=(2048, 512), align=32, scales=(0.75, 0.875, 1.0, 1.125, 1.25), flip=True
+)
+CITYSCAPES_SS = InferenceConfig(
+    mode="slide", scale=(2048, 1024), crop=(1024, 1024), stride=(768, 768)
+)
+CITYSCAPES_MS = InferenceConfig(
+    mode="slide",
+    scale=(2048, 1024),
+    crop=(1024, 1024),
+    stride=(768, 768),
+    scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+    flip=True,
+)
+
+
+def resized_shape(size: Size, scale: Scale | None, align: int | None, ratio: float = 1.0) -> Size:
+    """(H, W) an image of ``size`` is resized to: mmcv keep-ratio rescale, then AlignedResize."""
+    h, w = size
+    if scale is None:
+        factor = ratio
+    else:
+        long, short = (math.inf, scale) if isinstance(scale, int) else scale
+        factor = ratio * min(long / max(h, w), short / min(h, w))
+    h, w = int(h * factor + 0.5), int(w * factor + 0.5)  # mmcv rescale_size rounding
+    if align:
+        h, w = math.ceil(h / align) * align, math.ceil(w / align) * align
+    return h, w
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    return _resize(model(x), x.shape[-2:])  # (B, K, H, W) at the input size
+
+
+def whole_inference(
+    model: nn.Module, images: Tensor, scale: Scale | None = None, align: int | None = None
+) -> Tensor:
+    """Resize (B, C, H, W) by ``scale``/``align``, one forward, logits back at (B, K, H, W)."""
+    size = images.shape[-2:]
+    x = _resize(images, resized_shape(size, scale, align))
+    return _resize(_forward(model, x), size)
+
+
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    # official slide_inference grid (crop <= size); the last window ends at the border
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    return [min(i * stride, size - crop) for i in range(n)]
+
+
+def sliding_window_inference(
+    model: nn.Module, images: Tensor, crop: Size, stride: Size, window_batch: int = 8
+) -> Tensor:
+    """Logits (B, K, H, W) averaged over crop windows; ``window_batch`` windows per forward.
+
+    As the official slide_inference, a side shorter than the crop is not padded: the windows
+    span it whole (padding would change every output of a global-attention model).
+    """
+    B, _, H, W = images.shape
+    ch, cw = min(crop[0], H), min(crop[1], W)
+    ys, xs = _window_starts(H, ch, stride[0]), _window_starts(W, cw, stride[1])
+    windows = [(y, x) for y in ys for x in xs]
+    logits = None
+    count = torch.zeros(H, W, device=images.device)
+    for i in range(0, len(windows), window_batch):
+        group = windows[i : i + window_batch]
+        crops = [images[..., y : y + ch, x : x + cw] for y, x in group]
+        out = _forward(model, torch.cat(crops)).float().split(B)  # n x (B, K, ch, cw)
+        if logits is None:
+            logits = out[0].new_zeros(B, out[0].shape[1], H, W)
+        for (y, x), window_logits in zip(group, out, strict=True):
+            logits[..., y : y + ch, x : x + cw] += window_logits
+            count[y : y + ch, x : x + cw] += 1
+    return logits / count
+
+
+def _single_pass(
+    model: nn.Module, images: Tensor, cfg: InferenceConfig, ratio: float, out_size: Sequence[int]
+) -> Tensor:
+    """Logits (B, K, *out_size) at one scale ratio, without flip."""
+    x = _resize(images, resized_shape(images.shape[-2:], cfg.scale, cfg.align, ratio))
+    if cfg.mode == "slide":
+        logits = sliding_window_inference(model, x, cfg.crop, cfg.stride, cfg.window_batch)
+    else:
+        logits = _forward(model, x)
+    # straight to the output size: one interpolation, as mmseg resizes to the original shape
+    return _resize(logits, out_size)
+
+
+def multi_scale_inference(
+    model: nn.Module, images: Tensor, cfg: InferenceConfig, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Softmax probabilities (B, K, *out_size) averaged over ``cfg.scales`` and the flip."""
+    out_size = tuple(out_size or images.shape[-2:])
+    flips = (False, True) if cfg.flip else (False,)
+    passes = [(ratio, flip) for ratio in cfg.scales for flip in flips]
+    probs = None
+    for ratio, flip in passes:
+        x = images.flip(-1) if flip else images
+        p = _single_pass(model, x, cfg, ratio, out_size).float().softmax(1)
+        p = p.flip(-1) if flip else p  # resizing commutes with the flip
+        probs = p if probs is None else probs + p
+    return probs / len(passes)
+
+
+def predict_logits(
+    model: nn.Module, images: Tensor, cfg: InferenceConfig, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Class scores (B, K, *out_size) for images (B, C, H, W); out_size defaults to (H, W).
+
+    One pass (a single scale, no flip) returns logits; several passes return the averaged softmax
+    probabilities (what the official aug-test averages). Either way argmax gives the prediction.
+    Gradients follow the caller's mode: wrap in ``torch.inference_mode()`` for evaluation.
+    """
+    out_size = tuple(out_size or images.shape[-2:])
+    if len(cfg.scales) == 1 and not cfg.flip:
+        return _single_pass(model, images, cfg, cfg.scales[0], out_size)
+    return multi_scale_inference(model, images, cfg, out_size)

@@ -1,0 +1,152 @@
+"""SegFormer = MiT encoder + all-MLP head, logits at H/4 upsampled bilinearly to the input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segformer.models.convert import load_exact, read_checkpoint
+from segformer.models.head import AllMLPHead
+from segformer.models.mit import MIT_VARIANTS, MixTransformer
+
+
+class SegFormer(nn.Module):
+    """SegFormer-B0..B5 (``variant`` "b0".."b5").
+
+    ``decoder_dim`` None = the paper's E (256 for B0/B1, 768 for B2-B5). ``ln_eps`` picks the
+    LayerNorm eps preset: "official" (NVlabs), "hf" (transformers) or "mmseg".
+    """
+
+    def __init__(
+        self,
+        variant: str = "b0",
+        num_classes: int = 150,
+        decoder_dim: int | None = None,
+        drop_path_rate: float = 0.1,
+        dropout: float = 0.1,
+        ln_eps: str = "official",
+    ) -> None:
+        super().__init__()
+        if variant not in MIT_VARIANTS:
+            raise ValueError(f"variant={variant!r}; expected one of {list(MIT_VARIANTS)}")
+        self.variant = variant
+        self.num_classes = num_classes
+        self.ln_eps = ln_eps
+        cfg = MIT_VARIANTS[variant]
+        self.encoder = MixTransformer(**cfg, drop_path_rate=drop_path_rate, ln_eps=ln_eps)
+        if decoder_dim is None:
+            decoder_dim = 256 if variant in ("b0", "b1") else 768
+        self.head = AllMLPHead(cfg["embed_dims"], decoder_dim, num_classes, dropout)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, K, ceil(H/4), ceil(W/4)) (channels-last)."""
+        return self.head(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, K, H, W), bilinear with align_corners=False.
+
+        The logits come channels-last, where bilinear upsampling vectorises over the K classes.
+        """
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> class map (B, H, W) int64: forward(x).argmax(1) but for near-ties."""
+        return upsample_argmax(self.forward_logits(x), x.shape[-2:])
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """torch.compile the encoder and the head in place (``nn.Module.compile``).
+
+        Every entry point (``forward``, ``forward_logits``, ``predict``) runs compiled and the
+        state-dict keys stay clean (no ``_orig_mod.``). Arguments go to ``torch.compile``.
+        """
+        self.encoder.compile(*args, **kwargs)
+        self.head.compile(*args, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        num_classes: int | None = None,
+        variant: str | None = None,
+        **kwargs: Any,
+    ) -> SegFormer:
+        """Load any supported checkpoint (format auto-detected, see ``convert.py``), in eval mode.
+
+        The variant and decoder width come from the weights; ``variant`` only checks them.
+        Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
+        ``num_classes`` other than the checkpoint's re-initialises the classifier (with a
+        warning). The LayerNorm eps preset follows the source of the weights unless ``ln_eps``
+        is given. Other ``kwargs`` go to the constructor.
+        """
+        ckpt = read_checkpoint(path)
+        if variant is not None and variant != ckpt.variant:
+            raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, not {variant} as asked")
+        if ckpt.decoder_dim is not None:
+            given = kwargs.setdefault("decoder_dim", ckpt.decoder_dim)
+            if given != ckpt.decoder_dim:
+                raise ValueError(
+                    f"{path}: decoder_dim={given} requested, the checkpoint has {ckpt.decoder_dim}"
+                )
+        kwargs.setdefault("ln_eps", ckpt.ln_eps)
+        num_classes = num_classes or ckpt.num_classes or 150
+        model = cls(variant=ckpt.variant, num_classes=num_classes, **kwargs)
+        state, expected = ckpt.state_dict, set(model.state_dict())
+        if ckpt.decoder_dim is None:  # encoder-only weights
+            expected = {k for k in expected if k.startswith("encoder.")}
+        elif num_classes != ckpt.num_classes:
+            warnings.warn(
+                f"{path}: {ckpt.num_classes} classes in the checkpoint, {num_classes} requested; "
+                "the classifier is re-initialised",
+                stacklevel=2,
+            )
+            state = {k: v for k, v in state.items() if not k.startswith("head.classifier.")}
+            expected = {k for k in expected if not k.startswith("head.classifier.")}
+        load_exact(model, state, expected, path)
+        return model.eval()
+
+
+def _source_index(out_size: int, in_size: int, device: torch.device):
+    """Neighbour indices and weight of bilinear, align_corners=False (as ATen computes them)."""
+    scale = torch.tensor(in_size, dtype=torch.float32, device=device) / out_size
+    src = ((torch.arange(out_size, device=device) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.long()  # floor, src >= 0
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    return i0, i1, src - i0
+
+
+def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """argmax over classes of bilinearly upsampled logits without upsampling all of them.
+
+    An output pixel mixes its four low-resolution neighbours with non-negative weights, so when
+    the four share their top class that class stays on top. Only pixels whose neighbours
+    disagree (near class boundaries) get the K-class interpolation. (B, K, h, w) -> (B, H, W).
+    """
+    h, w = logits.shape[-2:]
+    H, W = size
+    y0, y1, wy = _source_index(H, h, logits.device)
+    x0, x1, wx = _source_index(W, w, logits.device)
+    top = logits.argmax(1)  # (B, h, w)
+    # a low-res cell (i, j) is uniform when it and its right/lower neighbours (edge-clamped)
+    # share the top class; output pixel (y, x) lives in cell (y0[y], x0[x])
+    right = torch.cat([top[:, :, 1:], top[:, :, -1:]], dim=2)
+    down = torch.cat([top[:, 1:], top[:, -1:]], dim=1)
+    down_right = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
+    uniform = (top == right) & (top == down) & (top == down_right)  # (B, h, w)
+    rows, cols = y0[:, None], x0[None, :]  # (H, 1), (1, W)
+    out = top[:, rows, cols]  # (B, H, W): right wherever the cell is uniform
+    b, y, x = (~uniform[:, rows, cols]).nonzero(as_tuple=True)  # M pixels near a boundary
+    table = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # (B*h*w, K)
+    row0, row1 = (b * h + y0[y]) * w, (b * h + y1[y]) * w
+    col0, col1 = x0[x], x1[x]
+    wy, wx = wy[y, None].to(logits.dtype), wx[x, None].to(logits.dtype)  # (M, 1)
+    upper = torch.lerp(table[row0 + col0], table[row0 + col1], wx)  # (M, K)
+    lower = torch.lerp(table[row1 + col0], table[row1 + col1], wx)
+    out[b, y, x] = torch.lerp(upper, lower, wy).argmax(1)
+    return out

@@ -1,0 +1,91 @@
+"""Glue shared by the entry points: config resolvers, run directories, the rich config tree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rich.syntax
+import rich.tree
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def latest_run_dir(base: str | Path) -> Path | None:
+    """The newest run directory under ``base`` that holds ``checkpoints/last.ckpt``."""
+    runs = sorted(Path(base).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parents[1] if runs else None
+
+
+def _run_dir(base: str, stamp: str, ckpt_path: str | None) -> str:
+    # ckpt_path=last continues the newest run of this run_name in place, not in a new directory
+    if ckpt_path == "last":
+        run = latest_run_dir(base)
+        if run is None:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no previous run with checkpoints/last.ckpt under {base}"
+            )
+        return str(run)
+    return f"{base}/{stamp}"
+
+
+def _per_device(global_batch: int, devices: Any, num_nodes: int = 1) -> int:
+    # the paper gives global batches (16 for ADE20K, 8 for Cityscapes); split them over processes
+    n = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else devices
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"per_device: set trainer.devices to a count, got {devices!r}")
+    world = n * int(num_nodes)
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
+    return global_batch // world
+
+
+def register_resolvers() -> None:
+    for name, fn in {"run_dir": _run_dir, "per_device": _per_device}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig, save_to: Path | None = None, show: bool = True) -> None:
+    """Print the resolved config as a rich tree (top-level groups as branches) and save it."""
+    tree = rich.tree.Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(f"[bold]{key}")
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    if show:
+        Console().print(tree)
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        (save_to / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        with (save_to / "config_tree.log").open("w") as f:
+            Console(file=f, width=120).print(tree)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a named group (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
+    """SegFormerModule from ``cfg.model`` with classes and ignore index taken from the data."""
+    from hydra.utils import get_class
+
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    cls = get_class(kwargs.pop("_target_"))
+    kwargs.update(
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        ignore_index=datamodule.ignore_index,
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)

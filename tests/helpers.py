@@ -1,0 +1,54 @@
+"""Composing the Hydra configs in tests the way the entry points do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from segformer.utils import CONFIG_DIR, register_resolvers
+
+__all__ = ["CAMVID_ROOT", "CONFIG_DIR", "REPO_ROOT", "TINY", "compose_config", "compose_train"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CAMVID_ROOT = REPO_ROOT.parent / "shared" / "data" / "camvid"
+
+# tiny settings that keep a real fit/validate loop to a few seconds on 2 CPU cores
+TINY = [
+    "data.num_train=16",
+    "data.num_val=4",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+    "print_config=false",
+]
+
+
+def compose_config(config_name: str, overrides: list[str], root: Path | None = None) -> DictConfig:
+    """Compose like @hydra.main (hydra node included), resolve the run directory as Hydra would,
+    and register the result as the current HydraConfig so ${hydra:...} interpolations work."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    extra = [f"paths.root_dir={root}"] if root is not None else []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=extra + overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = str(root or Path.cwd())
+        cfg.hydra.job.num = 0
+        cfg.hydra.runtime.output_dir = str(cfg.hydra.run.dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def compose_train(root: Path, overrides: list[str] | None = None) -> DictConfig:
+    return compose_config("train", TINY + list(overrides or []), root)

@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segformer.models import SegFormer, upsample_argmax
+
+# paper Table 1a (M params, 150 classes): encoder, decoder, total
+PAPER_PARAMS = {
+    "b0": (3.4, 0.4, 3.8),
+    "b1": (13.1, 0.6, 13.7),
+    "b2": (24.2, 3.3, 27.5),
+    "b3": (44.0, 3.3, 47.3),
+    "b4": (60.8, 3.3, 64.1),
+    "b5": (81.4, 3.3, 84.7),
+}
+
+
+def count(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+@pytest.mark.parametrize("variant", list(PAPER_PARAMS))
+def test_parameter_counts_match_the_paper(variant):
+    with torch.device("meta"):  # shapes only: instant even for B5
+        model = SegFormer(variant, num_classes=150)
+    encoder, decoder, total = PAPER_PARAMS[variant]
+    assert round(count(model), 1) == total
+    assert round(count(model.head), 1) == decoder
+    # the paper's split is off by 0.1 M for B0 (3.32 M) and B3 (44.07 M); totals are exact
+    assert abs(count(model.encoder) - encoder) <= 0.1 + 1e-9
+
+
+def test_decoder_dim_defaults():
+    with torch.device("meta"):
+        assert SegFormer("b1").head.embed_dim == 256
+        assert SegFormer("b2").head.embed_dim == 768
+        assert SegFormer("b2", decoder_dim=256).head.embed_dim == 256
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="variant='b6'"):
+        SegFormer("b6")
+
+
+@pytest.fixture(scope="module")
+def b0():
+    torch.manual_seed(0)
+    return SegFormer("b0", num_classes=7).eval()
+
+
+@pytest.mark.parametrize("size", [(333, 517), (100, 36), (64, 64)])
+def test_any_input_size(b0, size):
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        logits, low = b0(x), b0.forward_logits(x)
+    assert logits.shape == (1, 7, *size)
+    assert low.shape == (1, 7, -(-size[0] // 4), -(-size[1] // 4))
+    reference = F.interpolate(low.contiguous(), size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, reference)
+
+
+def assert_same_classes(pred, logits):
+    """pred == logits.argmax(1) except where the top two classes (nearly) tie."""
+    top2 = logits.topk(2, dim=1).values
+    differ = pred != logits.argmax(1)
+    assert (top2[:, 0] - top2[:, 1])[differ].le(1e-5).all(), f"{differ.sum()} pixels differ"
+
+
+def test_predict_matches_argmax_of_upsampled_logits(b0):
+    x = torch.randn(2, 3, 93, 141)
+    with torch.no_grad():
+        pred, logits = b0.predict(x), b0(x)
+    assert pred.shape == (2, 93, 141) and pred.dtype == torch.int64
+    assert_same_classes(pred, logits)
+
+
+@pytest.mark.parametrize(
+    ("low", "size"),
+    [((21, 33), (83, 130)), ((8, 8), (33, 31)), ((5, 7), (5, 7)), ((10, 10), (7, 13))],
+)
+@pytest.mark.parametrize("classes", [3, 150])
+def test_upsample_argmax_is_exact(low, size, classes):
+    torch.manual_seed(0)
+    coarse = torch.randn(2, classes, max(low[0] // 3, 1), max(low[1] // 3, 1)) * 3
+    logits = F.interpolate(coarse, size=low, mode="bilinear") + 0.1 * torch.randn(2, classes, *low)
+    upsampled = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    assert_same_classes(upsample_argmax(logits, size), upsampled)
+
+
+def test_compile_keeps_state_dict_keys_clean():
+    model = SegFormer("b0", num_classes=3)
+    keys = list(model.state_dict())
+    model.compile()  # lazy: nothing is compiled until the first call
+    assert list(model.state_dict()) == keys
+    assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+@pytest.mark.slow
+def test_compiled_model_runs_and_matches_eager():
+    torch.manual_seed(0)
+    model = SegFormer("b0", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(x)
+        model.compile()
+        compiled = model(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    assert not any("_orig_mod" in k for k in model.state_dict())

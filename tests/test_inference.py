@@ -1,0 +1,164 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segformer.inference import (
+    ADE20K_MS,
+    ADE20K_SS,
+    CITYSCAPES_MS,
+    CITYSCAPES_SS,
+    InferenceConfig,
+    multi_scale_inference,
+    predict_logits,
+    resized_shape,
+    sliding_window_inference,
+    whole_inference,
+)
+
+K = 5
+
+
+class Recorder(nn.Module):
+    """Records the input sizes it sees. A 1x1 conv is translation and flip equivariant; with
+    ``context`` a 3x3 conv and logits at 1/4 resolution (like SegFormer's head) it is neither."""
+
+    def __init__(self, context: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, K, 3 if context else 1, padding=1 if context else 0)
+        self.context = context
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.shapes.append(tuple(x.shape))
+        logits = self.conv(x)
+        return F.avg_pool2d(logits, 4) if self.context else logits
+
+
+def _images(*shape: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_slide_on_crop_sized_image_equals_whole() -> None:
+    model, images = Recorder(context=True), _images(2, 3, 32, 48)
+    slide = sliding_window_inference(model, images, crop=(32, 48), stride=(24, 36))
+    assert torch.equal(slide, whole_inference(model, images))
+
+
+def test_slide_small_image_and_uneven_stride() -> None:
+    # H=20 < crop 32: one row spanning the height; W=45, crop 16, stride 12: windows at
+    # x = 0, 12, 24 and 29 (the last one moved back to end at the border)
+    model, images = Recorder(), _images(2, 3, 20, 45)
+    logits = sliding_window_inference(model, images, crop=(32, 16), stride=(24, 12))
+    assert model.shapes == [(2 * 4, 3, 20, 16)]  # 4 windows x 2 images in one forward
+    assert logits.shape == (2, K, 20, 45)
+    torch.testing.assert_close(logits, whole_inference(model, images), atol=1e-6, rtol=0)
+
+
+def test_slide_grid_like_cityscapes() -> None:
+    # Cityscapes 1024x2048, crop 1024, stride 768 -> 1 x 3 windows; here at 1/16 scale
+    model = Recorder(context=True)
+    logits = sliding_window_inference(model, _images(1, 3, 64, 128), (64, 64), (48, 48), 1)
+    assert model.shapes == [(1, 3, 64, 64)] * 3
+    assert logits.shape == (1, K, 64, 128)
+
+
+def test_window_batch_does_not_change_result() -> None:
+    model, images = Recorder(context=True), _images(2, 3, 56, 56)
+    one = sliding_window_inference(model, images, (24, 24), (16, 16), window_batch=1)
+    many = sliding_window_inference(model, images, (24, 24), (16, 16), window_batch=4)
+    assert len(model.shapes) == 3 * 3 + 3  # 9 windows: 9 forwards, then 3 (4 + 4 + 1)
+    torch.testing.assert_close(one, many, atol=1e-6, rtol=0)
+
+
+def test_whole_resizes_with_scale_and_align() -> None:
+    # (long, short) = (2048, 512) on 300x400: factor min(2048/400, 512/300) -> 512x683,
+    # aligned up to multiples of 32 -> 512x704
+    model = Recorder(context=True)
+    logits = whole_inference(model, _images(1, 3, 300, 400), scale=(2048, 512), align=32)
+    assert model.shapes == [(1, 3, 512, 704)]
+    assert logits.shape == (1, K, 300, 400)
+
+
+@pytest.mark.parametrize(
+    ("size", "scale", "align", "ratio", "expected"),
+    [
+        ((300, 400), None, None, 1.0, (300, 400)),
+        ((300, 400), None, 32, 1.0, (320, 416)),
+        ((100, 150), 256, None, 1.0, (256, 384)),  # int: short side
+        ((300, 800), (1000, 600), 32, 1.0, (384, 1024)),  # long side binds: 375x1000
+        ((300, 400), (2048, 512), 32, 0.75, (384, 512)),  # ADE ratio 0.75: 384x512
+        ((1024, 2048), (2048, 1024), None, 0.5, (512, 1024)),  # Cityscapes ratio 0.5
+        ((10, 15), None, None, 1.25, (13, 19)),  # 12.5 -> 13, 18.75 -> 19 (round half up)
+    ],
+)
+def test_resized_shape(size, scale, align, ratio, expected) -> None:
+    assert resized_shape(size, scale, align, ratio) == expected
+
+
+def test_multi_scale_single_pass_is_softmax_of_whole() -> None:
+    model, images = Recorder(context=True), _images(2, 3, 32, 40)
+    probs = multi_scale_inference(model, images, InferenceConfig(scales=[1.0]))
+    torch.testing.assert_close(probs, whole_inference(model, images).softmax(1))
+
+
+def test_flip_of_flip_equivariant_model_is_unchanged() -> None:
+    model, images = Recorder(), _images(2, 3, 24, 36)
+    plain = multi_scale_inference(model, images, InferenceConfig())
+    flipped = multi_scale_inference(model, images, InferenceConfig(flip=True))
+    assert len(model.shapes) == 1 + 2
+    torch.testing.assert_close(flipped, plain)
+
+
+def test_multi_scale_averages_probabilities() -> None:
+    model, images = Recorder(context=True), _images(1, 3, 32, 32)
+    cfg = InferenceConfig(scales=[0.5, 1.0], flip=True)
+    probs = multi_scale_inference(model, images, cfg)
+    assert sorted(s[-2:] for s in model.shapes) == [(16, 16)] * 2 + [(32, 32)] * 2
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 32))
+
+
+def test_predict_logits_dispatch_and_out_size() -> None:
+    model, images = Recorder(context=True), _images(2, 3, 32, 48)
+    logits = predict_logits(model, images, InferenceConfig())
+    assert torch.equal(logits, whole_inference(model, images))  # one pass: logits
+    cfg = InferenceConfig(mode="slide", crop=32, stride=16)
+    slide = predict_logits(model, images, cfg, out_size=(64, 96))
+    assert slide.shape == (2, K, 64, 96)
+    probs = predict_logits(model, images, InferenceConfig(flip=True), out_size=(16, 24))
+    assert probs.shape == (2, K, 16, 24)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 16, 24))  # several passes: probs
+
+
+def test_presets_hold_paper_settings() -> None:
+    assert (ADE20K_SS.mode, ADE20K_SS.scale, ADE20K_SS.align) == ("whole", (2048, 512), 32)
+    assert (ADE20K_SS.scales, ADE20K_SS.flip) == ((1.0,), False)
+    assert (
+        dataclasses.replace(ADE20K_SS, scales=(0.75, 0.875, 1.0, 1.125, 1.25), flip=True)
+        == ADE20K_MS
+    )
+    assert (CITYSCAPES_SS.mode, CITYSCAPES_SS.scale, CITYSCAPES_SS.align) == (
+        "slide",
+        (2048, 1024),
+        None,
+    )
+    assert (CITYSCAPES_SS.crop, CITYSCAPES_SS.stride) == ((1024, 1024), (768, 768))
+    assert (
+        dataclasses.replace(CITYSCAPES_SS, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), flip=True)
+        == CITYSCAPES_MS
+    )
+
+
+def test_config_normalises_and_validates() -> None:
+    cfg = InferenceConfig(mode="slide", scale=[2048, 512], crop=512, stride=[341, 341], scales=[1])
+    assert (cfg.scale, cfg.crop, cfg.stride) == ((2048, 512), (512, 512), (341, 341))
+    assert cfg.scales == (1.0,)
+    with pytest.raises(ValueError, match="mode='tile'"):
+        InferenceConfig(mode="tile")
+    with pytest.raises(ValueError, match="exceeds crop"):
+        InferenceConfig(crop=(64, 64), stride=(96, 32))
+    with pytest.raises(ValueError, match=r"scale=\(1, 2, 3\); expected an int or two ints"):
+        InferenceConfig(scale=(1, 2, 3))

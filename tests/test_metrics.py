@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from segformer.metrics import SegmentationMetrics, metrics_table, save_confusion_matrix_png
+
+NAMES = ["road", "sky", "car", "person"]
+
+# 4 classes, two ignored pixels (255). "car" (2) is only predicted, "person" (3) is predicted
+# at an ignored pixel only, so it is absent from both once ignored pixels are dropped.
+TARGET = torch.tensor([[[0, 0, 1, 1], [0, 1, 1, 255], [255, 0, 0, 1]]])
+PREDS = torch.tensor([[[0, 1, 1, 1], [0, 1, 2, 3], [2, 0, 0, 0]]])
+# counted by hand over the 10 valid pixels (rows: ground truth, columns: prediction)
+CONFMAT = torch.tensor([[4, 1, 0, 0], [1, 3, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+NAN = math.nan
+IOU = [4 / 6, 3 / 6, 0.0, NAN]  # TP / (GT + pred - TP); car: 0 / 1; person: 0 / 0
+ACC = [4 / 5, 3 / 5, NAN, NAN]  # TP / GT
+MIOU = (4 / 6 + 3 / 6 + 0.0) / 3  # person excluded, car counts as 0
+MACC = (4 / 5 + 3 / 5) / 2
+AACC = 7 / 10
+
+
+def _close(actual: torch.Tensor, expected: float | list[float]) -> None:
+    torch.testing.assert_close(actual, torch.tensor(expected), equal_nan=True)
+
+
+def test_hand_computed_confusion_matrix() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(PREDS, TARGET)
+    results = metric.compute()
+    assert torch.equal(results["confmat"], CONFMAT)
+    _close(results["IoU"], IOU)
+    _close(results["Acc"], ACC)
+    _close(results["mIoU"], MIOU)
+    _close(results["mAcc"], MACC)
+    _close(results["aAcc"], AACC)
+
+
+def test_accumulates_over_updates() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(PREDS[:, :1], TARGET[:, :1])  # images of different sizes
+    metric.update(PREDS[:, 1:], TARGET[:, 1:])
+    assert torch.equal(metric.compute()["confmat"], CONFMAT)
+    metric.update(PREDS, TARGET)
+    results = metric.compute()
+    assert torch.equal(results["confmat"], 2 * CONFMAT)
+    _close(results["mIoU"], MIOU)  # ratios do not change when every count doubles
+    metric.reset()
+    assert metric.confmat.sum() == 0
+
+
+def test_states_merge_by_sum() -> None:
+    # merge_state applies dist_reduce_fx, the same reduction DDP uses across processes
+    a, b = SegmentationMetrics(num_classes=4), SegmentationMetrics(num_classes=4)
+    a.update(PREDS[:, :1], TARGET[:, :1])
+    b.update(PREDS[:, 1:], TARGET[:, 1:])
+    a.merge_state(b)
+    assert torch.equal(a.compute()["confmat"], CONFMAT)
+
+
+def test_logits_input() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    logits = F.one_hot(PREDS, 4).permute(0, 3, 1, 2).float()  # (B, K, H, W)
+    metric.update(logits, TARGET)
+    assert torch.equal(metric.compute()["confmat"], CONFMAT)
+
+
+def test_custom_ignore_index() -> None:
+    metric = SegmentationMetrics(num_classes=4, ignore_index=-1)
+    metric.update(PREDS, torch.where(TARGET == 255, -1, TARGET))
+    assert torch.equal(metric.compute()["confmat"], CONFMAT)
+
+
+@pytest.mark.parametrize(("name", "value"), [("target", 7), ("target", -3), ("preds", 4)])
+def test_out_of_range_raises(name: str, value: int) -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    tensors = {"preds": PREDS.clone(), "target": TARGET.clone()}
+    tensors[name][0, 0, 0] = value
+    with pytest.raises(ValueError, match=rf"{name} contains class {value}, outside \[0, 4\)"):
+        metric.update(**tensors)
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match=r"preds shape \(1, 3, 3\) does not match"):
+        SegmentationMetrics(num_classes=4).update(PREDS[..., :3], TARGET)
+
+
+def test_table_renders() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(PREDS, TARGET)
+    console = Console(record=True, width=100)
+    console.print(metrics_table(metric.compute(), NAMES, title="val"))
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+    assert "66.67" in lines["road"] and "80.00" in lines["road"]
+    assert "0.00" in lines["car"] and "-" in lines["car"]  # only predicted: IoU 0, no Acc
+    assert lines["person"].count("-") == 2  # absent: both shown as "-"
+    assert "38.89" in lines["mean"] and "70.00" in lines["mean"]
+    assert "aAcc 70.00" in text and "val" in text
+
+
+def test_table_checks_class_names() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(PREDS, TARGET)
+    with pytest.raises(ValueError, match="3 class names for 4 classes"):
+        metrics_table(metric.compute(), NAMES[:3])
+
+
+def test_confusion_matrix_png(tmp_path) -> None:
+    path = save_confusion_matrix_png(CONFMAT, NAMES, tmp_path / "eval" / "confmat.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
