@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
@@ -121,12 +122,23 @@ class SegFormerModule(L.LightningModule):
             if not math.isnan(iou):
                 self.log(f"{split}/IoU/{name}", iou)
         if not self.trainer.sanity_checking:
-            self._print_table(results, f"{split} (step {self.global_step})")
+            self._report(split, results)
         return results
 
     @rank_zero_only
-    def _print_table(self, results: dict[str, torch.Tensor], title: str) -> None:
+    def _report(self, split: str, results: dict[str, torch.Tensor]) -> None:
+        """The per-class table on the terminal, and as a table in wandb."""
+        title = f"{split} (step {self.global_step})"
         Console().print(metrics_table(results, self.class_names, title=title))
+        rows = [
+            [name, iou, acc]
+            for name, iou, acc in zip(
+                self.class_names, results["IoU"].tolist(), results["Acc"].tolist(), strict=True
+            )
+        ]
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(f"{split}/per_class", columns=["class", "IoU", "Acc"], data=rows)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 6e-5})

@@ -14,12 +14,14 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from segformer.utils import (
     CONFIG_DIR,
     build_module,
+    finish_wandb,
     instantiate_dict,
+    instantiate_loggers,
     print_config,
     register_resolvers,
 )
@@ -50,8 +52,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_dict(cfg.get("callbacks")),
-        logger=instantiate_dict(cfg.get("logger")) or False,
+        logger=instantiate_loggers(cfg.get("logger"), output_dir) or False,
     )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.get("test", False):
@@ -72,7 +76,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    finally:
+        finish_wandb()  # each multirun job gets its own wandb run
     # the value a sweeper (Optuna) optimises
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 

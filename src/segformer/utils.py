@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,26 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def instantiate_loggers(cfg: DictConfig | None, run_dir: Path) -> list[Any]:
+    """Loggers of ``cfg.logger``. A wandb run without an explicit id gets one stored in the run
+    directory (``wandb_id.txt``), so resuming that run directory continues the same wandb run."""
+    from hydra.utils import instantiate
+
+    loggers = []
+    for c in (cfg or {}).values():
+        if not (isinstance(c, DictConfig) and "_target_" in c):
+            continue
+        kwargs: dict[str, Any] = {}
+        if c._target_.endswith("WandbLogger") and c.get("id") is None:
+            id_file = run_dir / "wandb_id.txt"
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id)
+            kwargs = {"id": run_id, "resume": "allow"}
+        loggers.append(instantiate(c, **kwargs))
+    return loggers
+
+
 def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
     """SegFormerModule from ``cfg.model`` with classes and ignore index taken from the data."""
     from hydra.utils import get_class
@@ -89,3 +110,12 @@ def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
     )
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+def finish_wandb() -> None:
+    """Close an active wandb run (a no-op without wandb)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
