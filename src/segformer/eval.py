@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from segformer.metrics import save_confusion_matrix_png
 from segformer.models import SegFormer
@@ -63,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         report = {
             "checkpoint": str(cfg.ckpt_path),
             "split": cfg.split,
-            "inference": dict(cfg.model.inference),
+            "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
             **metrics,
             "per_class": per_class,
         }

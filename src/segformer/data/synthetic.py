@@ -1,22 +1,23 @@
 """Synthetic shapes: the embedded default dataset, generated in memory (no disk, no download).
 
-Each image shows 2-5 possibly overlapping objects (later ones occlude earlier ones) on a
-cluttered background. Classes (palette colour in brackets; colours are for display only):
+Each image shows 2-5 objects of random size (radius 10-25% of the image), rotation and
+position; they overlap and later ones occlude earlier ones. Classes (palette colour in brackets;
+colours are for display only):
 
-    0 background [0, 0, 0]       smooth colour gradient, random line clutter, noise
-    1 disc       [230, 25, 75]   filled circle
-    2 square     [60, 180, 75]   rotated square
-    3 triangle   [255, 225, 25]  rotated equilateral triangle
-    4 ring       [0, 130, 200]   annulus (what lies behind shows through the hole)
-    5 cross      [245, 130, 48]  rotated plus sign
+    0 background [0, 0, 0]       colour gradient, random lines, a dotted/checkered band, noise
+    1 disc       [230, 25, 75]   filled circle,       stripes varying along x
+    2 square     [60, 180, 75]   rotated square,      stripes varying along y
+    3 triangle   [255, 225, 25]  rotated triangle,    stripes at 45 degrees
+    4 ring       [0, 130, 200]   annulus (the background shows through the hole), stripes at 135
+    5 cross      [245, 130, 48]  rotated plus sign,   speckle
 
-Colour carries no class information: every object and the background get random colours.
-Each object class has a preferred texture (disc stripes, square dots, triangle checker, ring
-concentric bands, cross speckle) with random period, orientation and contrast, but an object
-takes a random texture instead with probability `texture_noise` (0.25), and a textured band
-across the background can carry any texture, so a network needs both texture and shape.
-Object size varies 2.5x. Sample `index` of a split is a pure function of (seed, split, index),
-so any DataLoader worker can make any sample and runs are reproducible.
+Colour carries no class information: every object, stripe and background gets random colours
+(stripe contrast 80-160 RGB units). An object wears another class's texture with probability
+`texture_noise` (default 0.1), so texture alone tops out below 100% and shape has to be used.
+Difficulty is tuned so MiT-B0 from scratch reaches val mIoU >= 0.75 in about 1000 steps of
+batch 8 (a few CPU minutes); raise texture_noise for a harder task. Sample `index` of a split
+is a pure function of (seed, split, index): any DataLoader worker can make any sample, and runs
+are reproducible.
 """
 
 from collections.abc import Callable
@@ -68,26 +69,29 @@ SHAPES: list[Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = [
 ]
 
 
-# texture periods in pixels (stripes, dots, checker, concentric), jittered by +-15%; a fixed
-# scale per texture keeps it learnable in a few minutes from scratch
-PERIODS = (6.0, 8.0, 8.0, 6.0)
+# Class textures are stripes whose orientation in the image codes the class (disc 0, square 90,
+# triangle 45, ring 135 degrees) and speckle (cross): oriented, colour-free cues that a network
+# trained from scratch picks up in a few hundred steps. Dots and checker are clutter only.
+STRIPE_ANGLES = (0.0, 90.0, 45.0, 135.0)
+SPECKLE, DOTS, CHECKER = 4, 5, 6
 
 
-def _texture(kind: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Binary pattern (H, W) in object coordinates, so it rotates with the object."""
-    if kind == 4:  # speckle: random 2x2-pixel cells
-        h, w = u.shape
+def _texture(kind: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Binary pattern (H, W) on the image grid: stripes at STRIPE_ANGLES[kind], or SPECKLE
+    (random 2x2-pixel cells), DOTS, CHECKER; period 5-7 pixels, random phase."""
+    period = rng.uniform(5, 7)
+    x, y = x + rng.uniform(0, period), y + rng.uniform(0, period)
+    if kind < len(STRIPE_ANGLES):
+        angle = np.deg2rad(STRIPE_ANGLES[kind])
+        return np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period) > 0
+    if kind == SPECKLE:
+        h, w = x.shape
         cells = rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.5
         return cells.repeat(2, 0).repeat(2, 1)[:h, :w]
-    period = PERIODS[kind] * rng.uniform(0.85, 1.15)
-    if kind == 0:  # stripes
-        return np.sin(2 * np.pi * u / period) > 0
-    if kind == 1:  # dots
-        du, dv = u % period - period / 2, v % period - period / 2
-        return du * du + dv * dv < (0.3 * period) ** 2
-    if kind == 2:  # checker
-        return (np.floor(u / period) + np.floor(v / period)) % 2 > 0
-    return np.sin(2 * np.pi * np.sqrt(u * u + v * v) / period) > 0  # concentric bands
+    if kind == DOTS:
+        dx, dy = x % period - period / 2, y % period - period / 2
+        return dx * dx + dy * dy < (0.3 * period) ** 2
+    return (np.floor(x / period) + np.floor(y / period)) % 2 > 0  # CHECKER
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -105,7 +109,7 @@ def _paint(
 
 
 def generate(
-    rng: np.random.Generator, size: int, texture_noise: float = 0.25
+    rng: np.random.Generator, size: int, texture_noise: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
     """One sample: image uint8 (size, size, 3) RGB, mask uint8 (size, size) class ids."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -114,13 +118,13 @@ def generate(
         c, s = np.cos(angle), np.sin(angle)
         return (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
 
-    # background: gradient between two random colours, a textured band, random lines
+    # background: gradient between two random colours, a dotted or checkered band, lines
     t = local_grid(size / 2, size / 2, rng.uniform(0, 2 * np.pi))[0] / size + 0.5  # (H, W)
     base = _colour(rng)
     image = base + t[..., None] * (_colour(rng) - base)  # (H, W, 3)
     u, v = local_grid(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
     band = (np.abs(v) < rng.uniform(0.05, 0.2) * size) & (rng.random() < 0.5)
-    _paint(image, band, _texture(int(rng.integers(5)), u, v, rng), rng)
+    _paint(image, band, _texture(int(rng.choice([DOTS, CHECKER])), x, y, rng), rng)
     for _ in range(rng.integers(2, 7)):
         u, v = local_grid(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
         line = (np.abs(v) < rng.uniform(0.5, 1.5)) & (np.abs(u) < rng.uniform(0.1, 0.5) * size)
@@ -132,8 +136,9 @@ def generate(
         r = rng.uniform(0.1, 0.25) * size
         u, v = local_grid(*rng.uniform(0.1 * size, 0.9 * size, 2), rng.uniform(0, 2 * np.pi))
         region = SHAPES[cls - 1](u, v, r)
-        kind = cls - 1 if rng.random() >= texture_noise else int(rng.integers(5))
-        _paint(image, region, _texture(kind, u, v, rng), rng)
+        # with probability texture_noise the object wears a random class texture
+        kind = cls - 1 if rng.random() >= texture_noise else int(rng.integers(len(SHAPES)))
+        _paint(image, region, _texture(kind, x, y, rng), rng)
         mask[region] = cls
 
     image += rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
@@ -150,7 +155,7 @@ class SyntheticDataset(Dataset):
         seed: int = 0,
         split_id: int = 0,
         transform: Transform | None = None,
-        texture_noise: float = 0.25,
+        texture_noise: float = 0.1,
     ) -> None:
         self.length, self.image_size = length, image_size
         self.texture_noise = texture_noise
@@ -188,7 +193,7 @@ class SyntheticDataModule(SegmentationDataModule):
         ratio_range: tuple[float, float] = (0.75, 1.25),
         cat_max_ratio: float = 1.0,
         photometric: bool = False,
-        texture_noise: float = 0.25,
+        texture_noise: float = 0.1,
         **kwargs,
     ) -> None:
         kwargs.setdefault("crop_size", image_size)

@@ -1,0 +1,153 @@
+"""segformer-export: a checkpoint to ONNX with dynamic batch, height and width, verified with
+onnxruntime against PyTorch before the command succeeds.
+
+    segformer-export ckpt_path=logs/train/synthetic_b0/<run>/checkpoints/last.ckpt output=model.onnx
+    segformer-export pretrained=segformer-b2-ade/ output=b2.onnx height=512 width=512 classes=true
+
+Input "image": float32 (B, 3, H, W), RGB scaled to [0, 1] then ImageNet-normalised (mean/std in
+the model metadata). Output "logits": float32 (B, K, H, W) at the input size, or with
+classes=true "classes": int64 (B, H, W), the argmax inside the graph. The check runs
+onnxruntime (CPU) at the export size and at ``check_size`` with batch 2 and fails (non-zero
+exit) when the max abs difference of the logits exceeds ``atol``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import onnx
+import onnxruntime as ort
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from segformer.models import SegFormer
+from segformer.predict import checkpoint_class_names
+from segformer.utils import CONFIG_DIR, print_config, register_resolvers
+from segformer.visualize import IMAGENET_MEAN, IMAGENET_STD
+
+register_resolvers()
+
+
+class ClassMap(nn.Module):
+    """SegFormer followed by the argmax over classes: (B, 3, H, W) -> (B, H, W) int64."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).argmax(1)
+
+
+def export_onnx(
+    model: SegFormer,
+    path: str | Path,
+    size: Sequence[int] = (512, 512),
+    opset: int = 17,
+    classes: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``model`` (eval mode) as ONNX with dynamic batch, height and width."""
+    model.eval()  # eval: BatchNorm folds into the head's weights, dropout and drop-path are off
+    net, name = (ClassMap(model), "classes") if classes else (model, "logits")
+    axes = {0: "batch", 1 if classes else 2: "height", 2 if classes else 3: "width"}
+    x = torch.randn(1, 3, *size)
+    with warnings.catch_warnings():
+        # the head's "already at this size?" test is constant for any input over 4 pixels
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # the TorchScript exporter: torch.export (dynamo=True) rejects the dynamic H and W
+        torch.onnx.export(
+            net,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=[name],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, name: axes},
+            opset_version=opset,
+            dynamo=False,
+        )
+    if metadata:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(path))
+
+
+@torch.no_grad()
+def check_onnx(
+    model: SegFormer,
+    path: str | Path,
+    shapes: Sequence[Sequence[int]],
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> list[float]:
+    """Run the ONNX file with onnxruntime and PyTorch on random images of each (B, 3, H, W)
+    ``shapes``; returns the max abs logit difference per shape, raises above ``atol``.
+
+    A class-map export is compared through the logits: every pixel's ONNX class must score
+    within 2 * atol of the PyTorch top logit (only near-ties may differ)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+    model = model.cpu().eval()
+    generator = torch.Generator().manual_seed(seed)
+    diffs = []
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        ref = model(x).float()  # (B, K, H, W)
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        if got.shape[-2:] != ref.shape[-2:]:
+            raise RuntimeError(f"{path}: output {tuple(got.shape)} for input {tuple(shape)}")
+        if output == "classes":  # how far below the top PyTorch logit each ONNX class scores
+            gap = ref.amax(1) - ref.gather(1, got[:, None]).squeeze(1)  # (B, H, W)
+            diff = float(gap.max()) / 2  # <= atol when the logits agree within atol
+        else:
+            diff = float((got - ref).abs().max())
+        if not diff <= atol:  # NaN fails too
+            raise RuntimeError(
+                f"{path}: onnxruntime differs from PyTorch at input {tuple(shape)}: "
+                f"{'top-logit gap / 2' if output == 'classes' else 'max abs difference'} "
+                f"{diff:.3g} > atol {atol:g}"
+            )
+        diffs.append(diff)
+    return diffs
+
+
+def export(cfg: DictConfig) -> list[float]:
+    """Export ``cfg.ckpt_path`` to ``cfg.output`` and check it; returns the max abs differences."""
+    if cfg.get("ckpt_path") is None:
+        raise ValueError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
+    print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
+    ckpt_path, output = Path(cfg.ckpt_path).expanduser(), Path(cfg.output).expanduser()
+    model = SegFormer.from_pretrained(ckpt_path)
+    names = checkpoint_class_names(ckpt_path) or [str(i) for i in range(model.num_classes)]
+    metadata = {
+        "variant": model.variant,
+        "num_classes": str(model.num_classes),
+        "class_names": json.dumps(names),
+        "mean": json.dumps(list(IMAGENET_MEAN)),  # on RGB in [0, 1]
+        "std": json.dumps(list(IMAGENET_STD)),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    size = (cfg.height, cfg.width)
+    export_onnx(model, output, size, cfg.opset, cfg.classes, metadata)
+    shapes = [(1, 3, *size), (2, 3, *cfg.check_size)]
+    diffs = check_onnx(model, output, shapes, cfg.atol)
+    what = "top-logit gap / 2" if cfg.classes else "max abs diff"
+    for shape, diff in zip(shapes, diffs, strict=True):
+        print(f"onnxruntime vs PyTorch at {tuple(shape)}: {what} {diff:.2e} (atol {cfg.atol:g})")
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return diffs
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""segformer-predict: segment an image or a folder of images with a checkpoint.
+
+    segformer-predict ckpt_path=logs/train/synthetic_b0/<run>/checkpoints/last.ckpt \
+        input=photos/ output=predictions/
+    segformer-predict pretrained=segformer-b0-finetuned-ade-512-512/ data=ade20k \
+        input=photo.jpg output=out/ inference.mode=slide inference.crop=512 inference.stride=341
+
+Per image, at its original resolution: <stem>.png (class ids, 8-bit grey), <stem>_color.png
+(the same ids as a palette PNG: viewers show colours, the pixel values stay class ids) and
+<stem>_overlay.jpg; classes.json lists id, name and colour. Class names and palette come from
+``data=`` if given, else the checkpoint (Lightning hyper-parameters, transformers id2label),
+else numbered classes with ``visualize.default_palette``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import ExifTags, Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import nn
+
+from segformer.data.base import read_image
+from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segformer.inference import InferenceConfig, predict_logits
+from segformer.models import SegFormer
+from segformer.utils import CONFIG_DIR, print_config, register_resolvers
+from segformer.visualize import colorize, default_palette, overlay
+
+register_resolvers()
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def find_images(path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """``path`` itself if a file, else the images in the folder (sorted); none from a subfolder
+    ``exclude`` (the output folder: earlier predictions are not inputs)."""
+    if not path.exists():
+        raise FileNotFoundError(f"input {path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    candidates = path.rglob("*") if recursive else path.iterdir()
+    skip = (
+        exclude.resolve() if exclude is not None and exclude.resolve() != path.resolve() else None
+    )
+    images = sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not (skip is not None and p.resolve().is_relative_to(skip))
+    )
+    if not images:
+        where = "in or below" if recursive else "directly in"
+        raise FileNotFoundError(
+            f"input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) {where} this folder"
+            + ("" if recursive else "; recursive=true searches subfolders")
+        )
+    return images
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the header, EXIF rotation applied (as cv2.imread does); only groups batches."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            rotated = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    except OSError as err:  # PIL.UnidentifiedImageError included
+        raise OSError(f"cannot read image {path}: {err}") from None
+    return (w, h) if rotated else (h, w)
+
+
+def size_batches(sizes: dict[Path, tuple[int, int]], batch_size: int) -> list[list[Path]]:
+    """Paths grouped by image size, in chunks of at most ``batch_size``."""
+    groups: dict[tuple[int, int], list[Path]] = {}
+    for path, size in sizes.items():
+        groups.setdefault(size, []).append(path)
+    return [
+        paths[i : i + batch_size]
+        for paths in groups.values()
+        for i in range(0, len(paths), batch_size)
+    ]
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) RGB -> float32 (B, 3, H, W), the data pipeline's ImageNet Normalize."""
+    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32)
+    return ((images.float() - mean) / std).permute(0, 3, 1, 2)
+
+
+@torch.inference_mode()
+def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
+    """Class maps (B, H, W) int64 for uint8 RGB images (B, H, W, 3) of one size, on the model's
+    device, in any inference mode (default: whole image at its own size)."""
+    device = next(model.parameters()).device
+    x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
+    return predict_logits(model, x, cfg or InferenceConfig()).argmax(1).cpu().numpy()
+
+
+def checkpoint_class_names(path: Path) -> list[str] | None:
+    """Class names stored with the weights: our Lightning hyper-parameters or transformers'
+    config.json id2label; None for bare state dicts."""
+    if path.is_dir():
+        labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
+        return [labels[str(i)] for i in range(len(labels))] if labels else None
+    if path.suffix == ".ckpt":  # Lightning; mmap: the weights are not read a second time
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        names = ckpt.get("hyper_parameters", {}).get("class_names")
+        return list(names) if names else None
+    return None
+
+
+def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """(class names, palette (K, 3) uint8): from ``data=``, else the checkpoint, else defaults."""
+    if cfg.get("data") is not None:
+        datamodule = instantiate(cfg.data)  # metadata only: nothing is read from disk
+        if datamodule.num_classes != num_classes:
+            raise ValueError(
+                f"{path}: the checkpoint predicts {num_classes} classes but data "
+                f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
+            )
+        return list(datamodule.class_names), np.asarray(datamodule.palette, np.uint8)
+    names = checkpoint_class_names(path)
+    if names is None or len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return names, default_palette(num_classes)
+
+
+def write_prediction(
+    target: Path,
+    image: np.ndarray,
+    pred: np.ndarray,
+    palette: np.ndarray,
+    alpha: float = 0.5,
+    overlay_format: str = "jpg",
+) -> None:
+    """``target``.png (ids), ``target``_color.png (palette PNG) and ``target``_overlay.<fmt>."""
+    ids_path, color_path, overlay_path = output_files(target, overlay_format)
+    ids = Image.fromarray(pred.astype(np.uint8))  # mode L
+    ids.save(ids_path)
+    color = ids.copy()
+    color.putpalette(palette.reshape(-1).tolist())  # L -> P, the same bytes
+    color.save(color_path)
+    Image.fromarray(overlay(image, colorize(pred, palette), alpha)).save(overlay_path)
+
+
+def output_files(target: Path, overlay_format: str = "jpg") -> list[Path]:
+    """The class-id PNG, the palette PNG and the overlay written for output path ``target``."""
+    names = (
+        f"{target.name}.png",
+        f"{target.name}_color.png",
+        f"{target.name}_overlay.{overlay_format}",
+    )
+    return [target.with_name(name) for name in names]
+
+
+def output_targets(
+    images: list[Path], root: Path, output: Path, overlay_format: str = "jpg"
+) -> dict[Path, Path]:
+    """image -> ``output``/<folder relative to root>/<stem>; refuses two images with one stem in
+    a folder and outputs that would overwrite an input."""
+    targets: dict[Path, Path] = {}
+    owners: dict[Path, Path] = {}
+    inputs = {p.resolve() for p in images}
+    for path in images:
+        rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+        target = output / rel.parent / rel.stem
+        if target in owners:
+            raise ValueError(
+                f"{owners[target]} and {path} would both write {target}.png; rename one"
+            )
+        for written in output_files(target, overlay_format):
+            if written.resolve() in inputs:
+                raise ValueError(f"output {written} would overwrite an input image; change output")
+        owners[target], targets[path] = path, target
+    return targets
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Segment every image of ``cfg.input`` into ``cfg.output``; returns the output folder."""
+    if cfg.get("ckpt_path") is None:
+        raise ValueError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
+    if cfg.overlay_format not in ("jpg", "png"):
+        raise ValueError(f"overlay_format={cfg.overlay_format!r}; expected 'jpg' or 'png'")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size}; expected >= 1")
+    print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    images = find_images(source, cfg.recursive, exclude=output)
+    targets = output_targets(images, source, output, cfg.overlay_format)
+    sizes = {path: image_size(path) for path in images}  # fails early on unreadable files
+
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    model = SegFormer.from_pretrained(ckpt_path).to(device)
+    if model.num_classes > 256:
+        raise ValueError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
+    names, palette = class_metadata(cfg, ckpt_path, model.num_classes)
+    settings = OmegaConf.to_container(cfg.inference, resolve=True)
+    inference = InferenceConfig(**{k: v for k, v in settings.items() if v is not None})
+
+    output.mkdir(parents=True, exist_ok=True)
+    legend = [
+        {"id": i, "name": name, "color": color}
+        for i, (name, color) in enumerate(zip(names, palette.tolist(), strict=True))
+    ]
+    (output / "classes.json").write_text("[\n" + ",\n".join(map(json.dumps, legend)) + "\n]\n")
+    console = Console()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"segmenting on {device}", total=len(images))
+        for batch in size_batches(sizes, cfg.batch_size):
+            loaded = [read_image(path) for path in batch]
+            # the header size may disagree with the decoded one (EXIF): regroup by real shape
+            for shape in dict.fromkeys(im.shape for im in loaded):
+                group = [(p, im) for p, im in zip(batch, loaded, strict=True) if im.shape == shape]
+                preds = segment(model, np.stack([im for _, im in group]), inference)
+                for (path, image), pred in zip(group, preds, strict=True):
+                    targets[path].parent.mkdir(parents=True, exist_ok=True)
+                    write_prediction(
+                        targets[path], image, pred, palette, cfg.alpha, cfg.overlay_format
+                    )
+                    progress.advance(task)
+    console.print(f"{len(images)} image(s) segmented into {output}")
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

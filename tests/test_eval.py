@@ -1,0 +1,44 @@
+"""segformer-eval on a checkpoint the training entry point wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, compose_config, compose_train
+from segformer.eval import evaluate
+from segformer.train import train
+
+
+@pytest.mark.slow
+def test_eval_reproduces_validation_and_writes_reports(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["callbacks.prediction_grid=null"])
+    train_metrics = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    data = [o for o in TINY if o.startswith("data.")]
+    eval_cfg = compose_config(
+        "eval", [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", *data], tmp_path
+    )
+    metrics = evaluate(eval_cfg)
+    assert metrics["mIoU"] == pytest.approx(train_metrics["val/mIoU"], abs=1e-6)
+
+    out = Path(eval_cfg.paths.output_dir)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["mIoU"] == pytest.approx(metrics["mIoU"])
+    assert set(report["per_class"]) == {"background", "disc", "square", "triangle", "ring", "cross"}
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_rejects_a_checkpoint_with_other_classes(tmp_path: Path) -> None:
+    import torch
+
+    from segformer.models import SegFormer
+
+    path = tmp_path / "b0_19.pt"
+    torch.save(SegFormer("b0", num_classes=19).state_dict(), path)
+    cfg = compose_config("eval", [f"ckpt_path={path}", "data.num_workers=0"], tmp_path)
+    with pytest.raises(ValueError, match="19 classes"):
+        evaluate(cfg)

@@ -1,0 +1,154 @@
+"""segformer-predict on mixed-size images: files, sizes, palettes, class names, errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from helpers import compose_config
+from PIL import Image
+
+from segformer.data.base import read_image
+from segformer.data.synthetic import SyntheticDataModule
+from segformer.data.transforms import Normalize
+from segformer.models import SegFormer
+from segformer.module import SegFormerModule
+from segformer.predict import normalize, predict, segment
+from segformer.visualize import default_palette
+
+NAMES = ["sky", "road", "car", "tree", "person", "sign"]
+# relative path -> (H, W); a.png and b.jpg share a size (one batch), sub/ only with recursive=true
+IMAGES = {"a.png": (48, 64), "b.jpg": (48, 64), "c.png": (70, 40), "sub/d.png": (33, 57)}
+
+
+@pytest.fixture(scope="module")
+def lightning_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint in Lightning's format (what segformer-train writes), 6 classes with names."""
+    torch.manual_seed(0)
+    module = SegFormerModule(num_classes=len(NAMES), class_names=NAMES)
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save(
+        {
+            "pytorch-lightning_version": L.__version__,
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    for name, (h, w) in IMAGES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run_predict(tmp_path: Path, overrides: list[str]) -> Path:
+    return predict(compose_config("predict", overrides, root=tmp_path))
+
+
+def test_predict_folder_with_data_palette(tmp_path, lightning_ckpt, image_dir):
+    out = run_predict(
+        tmp_path,
+        [
+            f"ckpt_path={lightning_ckpt}",
+            f"input={image_dir}",
+            f"output={tmp_path / 'out'}",
+            "data=synthetic",
+            "recursive=true",
+            "batch_size=2",
+            "overlay_format=png",
+            "device=cpu",
+        ],
+    )
+    data = SyntheticDataModule()
+    model = SegFormer.from_pretrained(lightning_ckpt)
+    for name, (h, w) in IMAGES.items():
+        stem = out / Path(name).with_suffix("")
+        ids = Image.open(f"{stem}.png")
+        assert (ids.mode, ids.size) == ("L", (w, h))  # original resolution
+        ids = np.asarray(ids)
+        assert ids.max() < data.num_classes
+        color = Image.open(f"{stem}_color.png")
+        assert color.mode == "P"
+        assert color.getpalette()[: 3 * data.num_classes] == data.palette.reshape(-1).tolist()
+        np.testing.assert_array_equal(np.asarray(color), ids)  # indices readable as class ids
+        assert Image.open(f"{stem}_overlay.png").size == (w, h)
+        # batched (a + b) and alone agree; near-ties of a random model may flip a few pixels
+        alone = segment(model, read_image(image_dir / name)[None])[0]
+        assert (alone == ids).mean() > 0.99
+    legend = json.loads((out / "classes.json").read_text())
+    assert [c["name"] for c in legend] == data.class_names
+    assert [c["color"] for c in legend] == data.palette.tolist()
+
+
+def test_predict_names_from_checkpoint(tmp_path, lightning_ckpt, image_dir):
+    out = tmp_path / "out"
+    run_predict(tmp_path, [f"ckpt_path={lightning_ckpt}", f"input={image_dir}", f"output={out}"])
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    expected = [f"{s}{suffix}" for s in "abc" for suffix in (".png", "_color.png", "_overlay.jpg")]
+    assert written == sorted(["classes.json", *expected])  # not recursive: sub/d.png skipped
+    legend = json.loads((out / "classes.json").read_text())
+    assert [c["name"] for c in legend] == NAMES  # Lightning hyper-parameters
+    palette = default_palette(len(NAMES))
+    assert (
+        Image.open(out / "c_color.png").getpalette()[: palette.size] == palette.reshape(-1).tolist()
+    )
+    assert Image.open(out / "c_overlay.jpg").size == (40, 70)
+
+
+def test_predict_transformers_folder(tmp_path, image_dir):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.SegformerConfig(
+        hidden_sizes=[32, 64, 160, 256],
+        depths=[2, 2, 2, 2],
+        decoder_hidden_size=256,
+        num_labels=3,
+        id2label={0: "wall", 1: "floor", 2: "lamp"},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    overrides = [f"pretrained={tmp_path / 'hf'}", f"input={image_dir / 'c.png'}", f"output={out}"]
+    run_predict(tmp_path, overrides)
+    assert Image.open(out / "c.png").size == (40, 70)
+    legend = json.loads((out / "classes.json").read_text())
+    assert [c["name"] for c in legend] == ["wall", "floor", "lamp"]
+
+
+def test_normalize_matches_data_pipeline():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    expected, _ = Normalize()(image, np.zeros((5, 7), np.uint8), np.random.default_rng(0))
+    got = normalize(torch.from_numpy(image)[None])[0]  # (3, H, W)
+    assert torch.equal(got, torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_predict_errors(tmp_path, lightning_ckpt, image_dir):
+    ckpt = f"ckpt_path={lightning_ckpt}"
+    with pytest.raises(FileNotFoundError, match="missing"):
+        run_predict(tmp_path, [ckpt, f"input={tmp_path / 'missing'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        run_predict(tmp_path, [ckpt, f"input={tmp_path / 'empty'}"])
+    (image_dir / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(OSError, match=r"broken\.png"):
+        run_predict(tmp_path, [ckpt, f"input={image_dir}"])
+    (image_dir / "broken.png").unlink()
+    with pytest.raises(ValueError, match="overwrite an input"):
+        run_predict(tmp_path, [ckpt, f"input={image_dir}", f"output={image_dir}"])
+    with pytest.raises(ValueError, match="6 classes but data 'CamVidDataModule' has 11"):
+        run_predict(tmp_path, [ckpt, f"input={image_dir}", "data=camvid"])
+    with pytest.raises(ValueError, match="ckpt_path"):
+        run_predict(tmp_path, [f"input={image_dir}"])
