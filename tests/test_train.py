@@ -11,7 +11,7 @@ import torch
 
 import segformer.train as train_mod
 from segformer.optim import WarmupPolyLR
-from helpers import compose_train
+from helpers import CAMVID_ROOT, compose_config, compose_train
 
 
 class StepRecorder(L.Callback):
@@ -83,3 +83,35 @@ def test_resume_continues_at_the_same_step_and_lr(
     sched = WarmupPolyLR(opt, total_steps=4, warmup_steps=3, warmup_ratio=1e-6)
     expected = [cfg.optimizer.lr * sched.factor(s) for s in (2, 3)]
     assert [lr for _, lr in second.seen] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (CAMVID_ROOT / "trainannot").is_dir(), reason=f"real CamVid not found at {CAMVID_ROOT}"
+)
+def test_one_epoch_on_real_camvid(tmp_path: Path) -> None:
+    cfg = compose_config(
+        "train",
+        [
+            "data=camvid",
+            f"data.root={CAMVID_ROOT}",
+            "data.crop_size=[128,128]",
+            "data.scale=[240,180]",
+            "data.batch_size=8",
+            "data.num_workers=2",
+            "trainer.max_steps=-1",
+            "trainer.max_epochs=1",
+            "trainer.val_check_interval=null",
+            "trainer.check_val_every_n_epoch=1",
+            "trainer.limit_val_batches=4",
+            "trainer.num_sanity_val_steps=0",
+            "run_name=camvid_smoke",
+            "print_config=false",
+        ],
+        tmp_path,
+    )
+    metrics = train_mod.train(cfg)
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 367 // 8  # one epoch, last partial batch dropped
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))

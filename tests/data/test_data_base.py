@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -116,11 +117,12 @@ def _first_batches(root: Path, seed: int) -> list[torch.Tensor]:
     return [batch["image"] for batch, _ in zip(loader, range(4), strict=False)]
 
 
-@pytest.mark.slow
 def test_workers_are_seeded_distinctly_and_reproducibly(tmp_path: Path):
     for i in range(4):  # identical images: any difference comes from augmentation
         write_image(tmp_path / "images" / "train" / f"{i}.png", seed=0)
         write_mask(tmp_path / "masks" / "train" / f"{i}.png", raw_mask([0, 1, 2]))
+    # a threaded OpenCV call in this process first: forked workers must not deadlock on its pool
+    cv2.resize(np.zeros((1024, 2048, 3), np.uint8), (1000, 500))
     a, b, c = _first_batches(tmp_path, 0), _first_batches(tmp_path, 0), _first_batches(tmp_path, 1)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # same seed
     assert not torch.equal(a[0], a[1])  # batches 0 and 1 come from workers 0 and 1

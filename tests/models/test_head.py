@@ -6,9 +6,9 @@ from segformer.models import AllMLPHead
 IN_CHANNELS = (8, 16, 24, 32)
 
 
-def make_head(seed: int = 0) -> AllMLPHead:
+def make_head(seed: int = 0, num_classes: int = 5) -> AllMLPHead:
     torch.manual_seed(seed)
-    head = AllMLPHead(IN_CHANNELS, embed_dim=16, num_classes=5, dropout=0.1)
+    head = AllMLPHead(IN_CHANNELS, embed_dim=16, num_classes=num_classes, dropout=0.1)
     with torch.no_grad():  # non-trivial BatchNorm affine and statistics
         head.bn.weight.uniform_(0.5, 1.5)
         head.bn.bias.normal_(0, 0.3)
@@ -32,21 +32,23 @@ def assert_close(actual, expected, scale=None):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_fast_path_matches_reference_in_eval(channels_last):
-    head = make_head().eval()  # BatchNorm folded into the per-stage maps
+@pytest.mark.parametrize(("channels_last", "num_classes"), [(True, 5), (False, 5), (True, 150)])
+def test_fast_path_matches_reference_in_eval(channels_last, num_classes):
+    head = make_head(num_classes=num_classes).eval()  # BatchNorm folded into the stage maps
     features = make_features(channels_last=channels_last)
     with torch.no_grad():
         fast, ref = head(features), head.forward_reference(features)
-    assert fast.shape == (2, 5, 21, 27)
+    assert fast.shape == (2, num_classes, 21, 27)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
     assert_close(fast, ref)
 
 
-def test_fast_path_matches_reference_in_training_with_gradients():
+@pytest.mark.parametrize("num_classes", [5, 150])  # 150: the classifier GEMM is padded to 160
+def test_fast_path_matches_reference_in_training_with_gradients(num_classes):
     features = make_features(size=(18, 25))
     outputs, grads, stats = [], [], []
     for forward in ("forward", "forward_reference"):
-        head = make_head().train()
+        head = make_head(num_classes=num_classes).train()
         torch.manual_seed(1)  # the same Dropout2d mask for both
         out = getattr(head, forward)(features)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()

@@ -106,3 +106,53 @@ def test_compiled_model_runs_and_matches_eager():
         compiled = model(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+def test_fast_paths_match_the_straightforward_model():
+    """forward_logits (folded head, padded classifier GEMM), forward and predict (fused
+    upsample + argmax) against the literal path: head.forward_reference, F.interpolate, argmax."""
+    torch.manual_seed(0)
+    model = SegFormer("b0", num_classes=150)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is tested
+        model.head.bn.running_mean.normal_(0, 0.3)
+        model.head.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(1, 3, 96, 136)
+    with torch.no_grad():
+        ref = model.head.forward_reference(model.encoder(x))
+        full = F.interpolate(ref, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        fast, fast_full, pred = model.forward_logits(x), model(x), model.predict(x)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(fast_full, full, rtol=1e-5, atol=1e-5 * scale)
+    assert_same_classes(pred, full)
+
+
+@pytest.mark.slow
+def test_bf16_class_maps_agree_with_fp32_after_training():
+    """A B0 trained ~120 steps on the synthetic shapes (64 px) with upsample_cross_entropy:
+    its bf16-autocast class maps agree with fp32 on >= 99% of the validation pixels. Checks
+    that the bf16 path (encoder, folded head, fused argmax) loses no more than rounding near
+    class boundaries; it says nothing about the accuracy of either."""
+    from segformer.data.synthetic import SyntheticDataModule
+    from segformer.models import upsample_cross_entropy
+
+    torch.manual_seed(0)
+    data = SyntheticDataModule(
+        num_train=960, num_val=16, image_size=64, batch_size=8, num_workers=0
+    )
+    model = SegFormer("b0", num_classes=data.num_classes).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for batch in data.train_dataloader():
+        loss = upsample_cross_entropy(model.forward_logits(batch["image"]), batch["mask"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    val = next(iter(torch.utils.data.DataLoader(data.dataset("val", train=False), 16)))
+    images, masks = val["image"], val["mask"]
+    fp32 = model.predict(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.predict(images)
+    assert (fp32 == masks).float().mean() > 0.6, "the model did not learn; the check is void"
+    assert (bf16 == fp32).float().mean() >= 0.99

@@ -1,0 +1,89 @@
+"""The fused upsample + argmax / cross-entropy against the straightforward F.interpolate path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segformer.models import upsample_argmax, upsample_cross_entropy
+
+
+def upsample(logits, size):
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def assert_same_classes(pred, upsampled):
+    """pred == upsampled.argmax(1) except where the top two classes tie (to 1e-5 relative)."""
+    top2 = upsampled.topk(2, dim=1).values
+    differ = pred != upsampled.argmax(1)
+    gap = (top2[:, 0] - top2[:, 1])[differ]
+    assert gap.le(1e-5 * upsampled.abs().max()).all(), f"{differ.sum()} pixels differ"
+
+
+def noisy_logits(batch, classes, low, channels_last=True, scale=0.02):
+    """Random-init-like logits: small, near-ties everywhere, so most cells have many candidate
+    classes (the worst case of the fast path, every candidate-count group is exercised)."""
+    x = scale * torch.randn(batch, classes, *low)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(
+    ("low", "size"), [((32, 32), (128, 128)), ((17, 23), (67, 90)), ((12, 9), (7, 13))]
+)
+def test_argmax_many_candidates(low, size, channels_last):
+    torch.manual_seed(0)
+    logits = noisy_logits(2, 150, low, channels_last)
+    assert_same_classes(upsample_argmax(logits, size), upsample(logits, size))
+
+
+def test_argmax_ties_and_extremes():
+    torch.manual_seed(0)
+    logits = torch.zeros(1, 10, 6, 7)  # every class ties everywhere
+    pred = upsample_argmax(logits, (24, 28))
+    assert pred.shape == (1, 24, 28) and pred.dtype == torch.int64
+    logits = (torch.randn(1, 10, 6, 7) * 1e4).round()  # large values, exact integer ties
+    assert_same_classes(upsample_argmax(logits, (23, 29)), upsample(logits, (23, 29)))
+    one = torch.randn(2, 5, 1, 1)  # a single cell
+    assert_same_classes(upsample_argmax(one, (4, 3)), upsample(one, (4, 3)))
+
+
+def test_argmax_of_bf16_logits_mixes_in_fp32():
+    torch.manual_seed(0)
+    logits = noisy_logits(1, 150, (20, 20)).bfloat16()
+    assert_same_classes(upsample_argmax(logits, (80, 80)), upsample(logits, (80, 80)))
+
+
+def reference_loss(logits, target, ignore_index=255):
+    up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(up, target, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize(
+    ("low", "size"),
+    [((16, 128), (64, 512)), ((9, 13), (35, 50)), ((10, 10), (7, 13)), ((8, 8), (8, 8))],
+)
+def test_cross_entropy_value_and_gradient(low, size):
+    """(16, 128) -> (64, 512) with 150 classes runs in 5 bands of output rows."""
+    torch.manual_seed(0)
+    classes = 150 if size == (64, 512) else 7
+    logits = torch.randn(1 if classes == 150 else 2, classes, *low).requires_grad_()
+    target = torch.randint(0, classes, (logits.shape[0], *size))
+    target[:, : size[0] // 4] = 255  # an ignored band
+    target[..., -2:] = 255
+    ours, ref = upsample_cross_entropy(logits, target), reference_loss(logits, target)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+
+
+def test_cross_entropy_channels_last_bf16_and_ignored():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8).contiguous(memory_format=torch.channels_last)
+    logits = logits.bfloat16().requires_grad_()
+    target = torch.randint(0, 5, (2, 32, 32))
+    ours = upsample_cross_entropy(logits, target)
+    (grad,) = torch.autograd.grad(ours, logits)
+    assert ours.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, reference_loss(logits.float(), target), rtol=1e-5, atol=0)
+    all_ignored = torch.full_like(target, 255)
+    assert upsample_cross_entropy(logits, all_ignored).isnan()  # as F.cross_entropy
