@@ -200,10 +200,6 @@ class SegmentationDataset(Dataset):
         return make_sample(image, mask, image_path.stem, self.transform)
 
 
-def _worker_init(worker_id: int) -> None:
-    cv2.setNumThreads(1)  # workers already run in parallel; avoid oversubscribing the cores
-
-
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
@@ -359,7 +355,6 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_worker_init,
             generator=generator,
         )
 

@@ -1,23 +1,24 @@
 """Synthetic shapes: the embedded default dataset, generated in memory (no disk, no download).
 
-Each image shows 2-5 objects of random size (radius 10-25% of the image), rotation and
+Each image shows 2-4 objects of random size (radius 12-30% of the image), rotation and
 position; they overlap and later ones occlude earlier ones. Classes (palette colour in brackets;
 colours are for display only):
 
-    0 background [0, 0, 0]       colour gradient, random lines, a dotted/checkered band, noise
-    1 disc       [230, 25, 75]   filled circle,       stripes varying along x
-    2 square     [60, 180, 75]   rotated square,      stripes varying along y
-    3 triangle   [255, 225, 25]  rotated triangle,    stripes at 45 degrees
-    4 ring       [0, 130, 200]   annulus (the background shows through the hole), stripes at 135
-    5 cross      [245, 130, 48]  rotated plus sign,   speckle
+    0 background [0, 0, 0]       colour gradient, 1-4 random lines, pixel noise
+    1 disc       [230, 25, 75]   filled circle,     vertical stripes
+    2 square     [60, 180, 75]   rotated square,    horizontal stripes
+    3 triangle   [255, 225, 25]  rotated triangle,  checker
+    4 ring       [0, 130, 200]   annulus (what lies behind shows through), diagonal stripes
+    5 cross      [245, 130, 48]  rotated plus sign, anti-diagonal stripes
 
-Colour carries no class information: every object, stripe and background gets random colours
-(stripe contrast 80-160 RGB units). An object wears another class's texture with probability
-`texture_noise` (default 0.1), so texture alone tops out below 100% and shape has to be used.
-Difficulty is tuned so MiT-B0 from scratch reaches val mIoU >= 0.75 in about 1000 steps of
-batch 8 (a few CPU minutes); raise texture_noise for a harder task. Sample `index` of a split
-is a pure function of (seed, split, index): any DataLoader worker can make any sample, and runs
-are reproducible.
+Colour carries no class information: every object, texture and background gets random colours
+(texture contrast 80-160 RGB units, period 6-8 px), so a network has to learn colour-free
+texture and shape features. With `texture_noise` > 0 an object wears another class's texture
+with that probability, so texture alone no longer suffices and shape has to be used: a harder
+task. The default 0 is tuned for the embedded run: MiT-B0 from scratch reaches val mIoU ~0.77
+after 1000 steps of batch 8 (~3.5 CPU minutes; ~0.71 with texture_noise=0.05). Sample `index`
+of a split is a pure function of (seed, split, index): any DataLoader worker can make any sample,
+and runs are reproducible.
 """
 
 from collections.abc import Callable
@@ -44,10 +45,7 @@ def _square(u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
 def _triangle(u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     # inside the three half-planes at distance r/2 (the inradius of circumradius r)
     angles = np.pi / 2 + 2 * np.pi / 3 * np.arange(3)
-    return np.all(
-        [u * np.cos(a) + v * np.sin(a) < r / 2 for a in angles],
-        axis=0,
-    )
+    return np.all([u * np.cos(a) + v * np.sin(a) < r / 2 for a in angles], axis=0)
 
 
 def _ring(u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
@@ -60,6 +58,7 @@ def _cross(u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     return ((au < 0.3 * r) & (av < r)) | ((av < 0.3 * r) & (au < r))
 
 
+# class id - 1 -> inside test on object coordinates (u, v) for circumradius r
 SHAPES: list[Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = [
     _disc,
     _square,
@@ -69,29 +68,24 @@ SHAPES: list[Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = [
 ]
 
 
-# Class textures are stripes whose orientation in the image codes the class (disc 0, square 90,
-# triangle 45, ring 135 degrees) and speckle (cross): oriented, colour-free cues that a network
-# trained from scratch picks up in a few hundred steps. Dots and checker are clutter only.
-STRIPE_ANGLES = (0.0, 90.0, 45.0, 135.0)
-SPECKLE, DOTS, CHECKER = 4, 5, 6
+# Class textures (disc, square, triangle, ring, cross): periodic, colour-free patterns that a
+# network trained from scratch tells apart within a few hundred steps.
+VERTICAL, HORIZONTAL, CHECKER, DIAGONAL, ANTIDIAGONAL = range(5)
 
 
 def _texture(kind: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Binary pattern (H, W) on the image grid: stripes at STRIPE_ANGLES[kind], or SPECKLE
-    (random 2x2-pixel cells), DOTS, CHECKER; period 5-7 pixels, random phase."""
-    period = rng.uniform(5, 7)
+    """Binary pattern (H, W) on the image grid (stripes or checker), period 6-8 px, random phase."""
+    period = rng.uniform(6, 8)
     x, y = x + rng.uniform(0, period), y + rng.uniform(0, period)
-    if kind < len(STRIPE_ANGLES):
-        angle = np.deg2rad(STRIPE_ANGLES[kind])
-        return np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period) > 0
-    if kind == SPECKLE:
-        h, w = x.shape
-        cells = rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.5
-        return cells.repeat(2, 0).repeat(2, 1)[:h, :w]
-    if kind == DOTS:
-        dx, dy = x % period - period / 2, y % period - period / 2
-        return dx * dx + dy * dy < (0.3 * period) ** 2
-    return (np.floor(x / period) + np.floor(y / period)) % 2 > 0  # CHECKER
+    if kind == CHECKER:
+        return (np.floor(x / period) + np.floor(y / period)) % 2 > 0
+    if kind == VERTICAL:
+        across = x
+    elif kind == HORIZONTAL:
+        across = y
+    else:  # unit-speed coordinate across diagonal stripes
+        across = (x + y if kind == DIAGONAL else x - y) / np.sqrt(2)
+    return across % period < period / 2
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -109,7 +103,7 @@ def _paint(
 
 
 def generate(
-    rng: np.random.Generator, size: int, texture_noise: float = 0.1
+    rng: np.random.Generator, size: int, texture_noise: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One sample: image uint8 (size, size, 3) RGB, mask uint8 (size, size) class ids."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -118,22 +112,19 @@ def generate(
         c, s = np.cos(angle), np.sin(angle)
         return (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
 
-    # background: gradient between two random colours, a dotted or checkered band, lines
+    # background: gradient between two random colours and a few random lines (clutter)
     t = local_grid(size / 2, size / 2, rng.uniform(0, 2 * np.pi))[0] / size + 0.5  # (H, W)
     base = _colour(rng)
     image = base + t[..., None] * (_colour(rng) - base)  # (H, W, 3)
-    u, v = local_grid(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
-    band = (np.abs(v) < rng.uniform(0.05, 0.2) * size) & (rng.random() < 0.5)
-    _paint(image, band, _texture(int(rng.choice([DOTS, CHECKER])), x, y, rng), rng)
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(1, 5)):
         u, v = local_grid(*rng.uniform(0, size, 2), rng.uniform(0, np.pi))
         line = (np.abs(v) < rng.uniform(0.5, 1.5)) & (np.abs(u) < rng.uniform(0.1, 0.5) * size)
         image[line] = _colour(rng)
     mask = np.zeros((size, size), np.uint8)
 
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(2, 5)):
         cls = int(rng.integers(1, len(SHAPES) + 1))
-        r = rng.uniform(0.1, 0.25) * size
+        r = rng.uniform(0.12, 0.3) * size
         u, v = local_grid(*rng.uniform(0.1 * size, 0.9 * size, 2), rng.uniform(0, 2 * np.pi))
         region = SHAPES[cls - 1](u, v, r)
         # with probability texture_noise the object wears a random class texture
@@ -141,7 +132,7 @@ def generate(
         _paint(image, region, _texture(kind, x, y, rng), rng)
         mask[region] = cls
 
-    image += rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
+    image += rng.normal(0, rng.uniform(2, 6), image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
@@ -155,7 +146,7 @@ class SyntheticDataset(Dataset):
         seed: int = 0,
         split_id: int = 0,
         transform: Transform | None = None,
-        texture_noise: float = 0.1,
+        texture_noise: float = 0.0,
     ) -> None:
         self.length, self.image_size = length, image_size
         self.texture_noise = texture_noise
@@ -188,12 +179,12 @@ class SyntheticDataModule(SegmentationDataModule):
         num_val: int = 200,
         num_test: int = 200,
         image_size: int = 128,
-        batch_size: int = 16,
+        batch_size: int = 8,
         val_batch_size: int = 16,
         ratio_range: tuple[float, float] = (0.75, 1.25),
         cat_max_ratio: float = 1.0,
         photometric: bool = False,
-        texture_noise: float = 0.1,
+        texture_noise: float = 0.0,
         **kwargs,
     ) -> None:
         kwargs.setdefault("crop_size", image_size)

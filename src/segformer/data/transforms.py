@@ -14,6 +14,11 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+# OpenCV's thread pool does not survive fork: a DataLoader worker forked after a threaded cv2
+# call in the main process deadlocks. Single-threaded cv2 (as mmengine does) avoids that; the
+# parallelism comes from the DataLoader workers.
+cv2.setNumThreads(0)
+
 # ImageNet statistics on the 0-255 scale (mmseg: mean 123.675, 116.28, 103.53; std 58.395, ...)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255

@@ -220,6 +220,7 @@ class MixTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.contiguous(memory_format=torch.channels_last)  # so stage 1's tokens are a view too
         features = []
         for stage in self.stages:
             x = stage(x)

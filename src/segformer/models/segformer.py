@@ -13,6 +13,7 @@ from torch import nn
 from segformer.models.convert import load_exact, read_checkpoint
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MIT_VARIANTS, MixTransformer
+from segformer.models.upsample import upsample_argmax
 
 
 class SegFormer(nn.Module):
@@ -110,43 +111,3 @@ class SegFormer(nn.Module):
             expected = {k for k in expected if not k.startswith("head.classifier.")}
         load_exact(model, state, expected, path)
         return model.eval()
-
-
-def _source_index(out_size: int, in_size: int, device: torch.device):
-    """Neighbour indices and weight of bilinear, align_corners=False (as ATen computes them)."""
-    scale = torch.tensor(in_size, dtype=torch.float32, device=device) / out_size
-    src = ((torch.arange(out_size, device=device) + 0.5) * scale - 0.5).clamp_(min=0)
-    i0 = src.long()  # floor, src >= 0
-    i1 = (i0 + 1).clamp_(max=in_size - 1)
-    return i0, i1, src - i0
-
-
-def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """argmax over classes of bilinearly upsampled logits without upsampling all of them.
-
-    An output pixel mixes its four low-resolution neighbours with non-negative weights, so when
-    the four share their top class that class stays on top. Only pixels whose neighbours
-    disagree (near class boundaries) get the K-class interpolation. (B, K, h, w) -> (B, H, W).
-    """
-    h, w = logits.shape[-2:]
-    H, W = size
-    y0, y1, wy = _source_index(H, h, logits.device)
-    x0, x1, wx = _source_index(W, w, logits.device)
-    top = logits.argmax(1)  # (B, h, w)
-    # a low-res cell (i, j) is uniform when it and its right/lower neighbours (edge-clamped)
-    # share the top class; output pixel (y, x) lives in cell (y0[y], x0[x])
-    right = torch.cat([top[:, :, 1:], top[:, :, -1:]], dim=2)
-    down = torch.cat([top[:, 1:], top[:, -1:]], dim=1)
-    down_right = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
-    uniform = (top == right) & (top == down) & (top == down_right)  # (B, h, w)
-    rows, cols = y0[:, None], x0[None, :]  # (H, 1), (1, W)
-    out = top[:, rows, cols]  # (B, H, W): right wherever the cell is uniform
-    b, y, x = (~uniform[:, rows, cols]).nonzero(as_tuple=True)  # M pixels near a boundary
-    table = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # (B*h*w, K)
-    row0, row1 = (b * h + y0[y]) * w, (b * h + y1[y]) * w
-    col0, col1 = x0[x], x1[x]
-    wy, wx = wy[y, None].to(logits.dtype), wx[x, None].to(logits.dtype)  # (M, 1)
-    upper = torch.lerp(table[row0 + col0], table[row0 + col1], wx)  # (M, K)
-    lower = torch.lerp(table[row1 + col0], table[row1 + col1], wx)
-    out[b, y, x] = torch.lerp(upper, lower, wy).argmax(1)
-    return out

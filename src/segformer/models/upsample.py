@@ -14,10 +14,9 @@ where the top two classes tie to about 1e-6.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
-def source_index(out_size: int, in_size: int, device: torch.device):
+def _source_index(out_size: int, in_size: int, device: torch.device):
     """Neighbour indices i0, i1 and weight of i1 of bilinear, align_corners=False (as ATen)."""
     scale = torch.tensor(in_size, dtype=torch.float32, device=device) / out_size
     src = ((torch.arange(out_size, device=device) + 0.5) * scale - 0.5).clamp_(min=0)
@@ -26,69 +25,174 @@ def source_index(out_size: int, in_size: int, device: torch.device):
     return i0, i1, src - i0
 
 
-def _cell_reduce(table: torch.Tensor, op) -> torch.Tensor:
-    """op over the four corners (i, j), (i, j+1), (i+1, j), (i+1, j+1) of every cell, edge-clamped.
+def _corner_cells(n: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Flat indices of the corners (i, j), (i, j+1), (i+1, j), (i+1, j+1) of every cell (b, i, j),
+    edge-clamped: (4, n*h*w)."""
+    cells = torch.arange(n * h * w, device=device)
+    right = cells + (cells % w < w - 1)
+    down = (cells // w % h < h - 1) * w
+    return torch.stack([cells, right, cells + down, right + down])
 
-    (B, h, w, K) -> (B, h, w, K); ``op`` is torch.maximum or torch.minimum.
-    """
-    table = torch.cat([op(table[:, :, :-1], table[:, :, 1:]), table[:, :, -1:]], dim=2)
-    return torch.cat([op(table[:, :-1], table[:, 1:]), table[:, -1:]], dim=1)
+
+def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items owned counts[k] at a time -> (owner k, index within the owner) of every item."""
+    owner = torch.repeat_interleave(counts)
+    start = counts.cumsum(0) - counts
+    return owner, torch.arange(owner.numel(), device=counts.device) - start[owner]
 
 
 @torch.no_grad()
 def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``F.interpolate(logits, size, bilinear).argmax(1)`` touching only candidate classes.
+    """``F.interpolate(logits, size, bilinear).argmax(1)``, mixing candidate classes only.
 
-    A class can win at an output pixel only if its largest corner value in the pixel's cell
-    reaches the best smallest-corner value of any class (the mix of a class lies between its
-    corner extremes). Most cells of a trained model have one candidate: the pixel takes the cell's
-    top class. The others are mixed over their candidates only, grouped by candidate count
-    (at most 2, 4, 8, ... classes) so that each group is a dense (pixels, T) computation.
+    Within a low-res cell the difference of two classes' mixes is bilinear in the weights, so
+    it peaks at a corner: a class can beat a reference class r anywhere in the cell only if it
+    reaches r at one of the four corners. Taking for r the corner top class with the best
+    smallest corner value, most cells of a trained model have r as their only candidate, and
+    their pixels take r. The other cells are mixed over their candidates only, grouped by
+    candidate count (at most T = 2, 4, 8, ...) so that each group is a dense (pixels, T) tensor.
     (B, K, h, w) -> (B, H, W) int64.
     """
     B, K, h, w = logits.shape
     H, W = size
-    y0, y1, wy = source_index(H, h, logits.device)
-    x0, x1, wx = source_index(W, w, logits.device)
-    table = logits.permute(0, 2, 3, 1).float()  # (B, h, w, K), a view of channels-last fp32
-    hi = _cell_reduce(table, torch.maximum).view(B * h * w, K)  # a class's largest corner value
-    lo = _cell_reduce(table, torch.minimum).view(B * h * w, K)  # and its smallest
-    # the computed mix may leave its corner range by an ulp of the largest magnitude
-    slack = 1e-6 * torch.maximum(hi.amax(), -lo.amin())
-    lo = lo.amax(1, keepdim=True)  # (B*h*w, 1) the winner's value is at least this
-    count = torch.count_nonzero(hi >= lo - slack, dim=1)  # (B*h*w,) candidates per cell, >= 1
-    cell_of = (y0[:, None] * w + x0).flatten()  # (H*W,) cell of each output pixel
-    cell_of = (torch.arange(B, device=logits.device)[:, None] * (h * w) + cell_of).flatten()
-    table = table.reshape(B * h * w, K)
-    out = table.argmax(1)[cell_of]  # (B*H*W,) right wherever a cell has one candidate
-    size_t, most = 1, int(count.max())
-    while size_t < most:  # cells with size_t/2 < count <= size_t candidates, size_t = 2, 4, ...
-        cells = (count > size_t).nonzero().squeeze(1)
-        size_t = min(2 * size_t, K)
-        cells = cells[count[cells] <= size_t]  # (Mc,) flat (b, i, j)
+    device = logits.device
+    y0, _, wy = _source_index(H, h, device)
+    x0, _, wx = _source_index(W, w, device)
+    table = logits.permute(0, 2, 3, 1).float().contiguous()  # (B, h, w, K): a view if fp32 NHWC
+    flat = table.view(-1, K)
+    corners = _corner_cells(B, h, w, device)  # (4, B*h*w)
+    tops = flat.argmax(1)[corners]  # (4, B*h*w) the top class of each corner of each cell
+    values = torch.stack([flat.take(c * K + tops) for c in corners])  # (corner, class, cell)
+    pick = values.amin(0).argmax(0)  # (B*h*w,) the one of ``tops`` with the best floor
+    ref = tops.gather(0, pick[None]).squeeze(0)  # (B*h*w,) reference class r
+    # its value at each corner, less an ulp of the largest magnitude for rounding in the mix
+    slack = 1e-6 * torch.maximum(flat.amax(), -flat.amin())
+    at = [flat.take(c * K + ref).view(B, h, w, 1) - slack for c in corners]  # 4 x (B, h, w, 1)
+    # candidates: classes reaching r at some corner; the last row / column are clamped, their
+    # missing corners repeat corner (i, j), (i, j+1) or (i+1, j)
+    mask = table >= at[0]  # (B, h, w, K)
+    mask[:, :, :-1] |= table[:, :, 1:] >= at[1][:, :, :-1]
+    mask[:, :-1] |= table[:, 1:] >= at[2][:, :-1]
+    mask[:, :-1, :-1] |= table[:, 1:, 1:] >= at[3][:, :-1, :-1]
+    mask = mask.view(-1, K)
+    count = mask.view(torch.uint8).sum(1, dtype=torch.int32)  # (B*h*w,) >= 1: r is one
+    out = ref.view(B, h, w)[:, y0][:, :, x0].flatten()  # (B*H*W,) right for 1-candidate cells
+    # output pixels of each low-res row and column: first one and how many (none if h > H)
+    arange_h, arange_w = torch.arange(h, device=device), torch.arange(w, device=device)
+    y_first, x_first = torch.searchsorted(y0, arange_h), torch.searchsorted(x0, arange_w)
+    y_count = torch.searchsorted(y0, arange_h, right=True) - y_first
+    x_count = torch.searchsorted(x0, arange_w, right=True) - x_first
+    T = 1
+    while T < K and (count > T).any():  # the cells with T < count <= 2T, then 2T < count ...
+        cells = ((count > T) & (count <= 2 * T)).nonzero().squeeze(1)  # (Mc,) flat (b, i, j)
+        T = min(2 * T, K)
         if cells.numel() == 0:
             continue
-        classes = hi[cells].topk(size_t, dim=1, sorted=False).indices  # (Mc, T) candidates
-        right = cells + (cells % w < w - 1)  # corner (i, j+1), edge-clamped
-        down = (cells // w % h < h - 1) * w  # offset to row i+1, edge-clamped
-        c00, c01, c10, c11 = (
-            table[c].gather(1, classes) for c in (cells, right, cells + down, right + down)
-        )  # (Mc, T)
-        row = torch.full((B * h * w,), -1, dtype=torch.long, device=logits.device)
-        row[cells] = torch.arange(cells.numel(), device=logits.device)
-        row = row[cell_of]  # (B*H*W,) the pixel's cell among ``cells``, or -1
-        pixels = (row >= 0).nonzero().squeeze(1)  # (M,) flat (b, y, x)
-        r = row[pixels]
-        wx_m, wy_m = wx[pixels % W, None], wy[pixels // W % H, None]  # (M, 1)
-        upper = torch.lerp(c00[r], c01[r], wx_m)  # (M, T)
-        lower = torch.lerp(c10[r], c11[r], wx_m)
-        best = torch.lerp(upper, lower, wy_m).argmax(1, keepdim=True)  # (M, 1)
-        out[pixels] = classes[r].gather(1, best).squeeze(1)
+        # candidates, padded with the reference class: (Mc, T)
+        rows, cls = mask.index_select(0, cells).nonzero(as_tuple=True)
+        classes = ref[cells, None].repeat(1, T)
+        classes[rows, _expand(count[cells])[1]] = cls
+        c00, c01, c10, c11 = (flat.take(c[:, None] * K + classes) for c in corners[:, cells])
+        i, j = cells // w % h, cells % w
+        # mix along x once per (cell, output column), then along y per output pixel
+        cell, x = _expand(x_count[j])  # (Mx,)
+        x += x_first[j[cell]]
+        wx_c = wx[x, None]
+        upper = torch.lerp(c00.index_select(0, cell), c01.index_select(0, cell), wx_c)
+        lower = torch.lerp(c10.index_select(0, cell), c11.index_select(0, cell), wx_c)
+        column, y = _expand(y_count[i[cell]])  # (M,) output pixels
+        y += y_first[i[cell[column]]]
+        mix = torch.lerp(upper.index_select(0, column), lower.index_select(0, column), wy[y, None])
+        best = classes.view(-1)[cell[column] * T + mix.argmax(1)]  # (M,)
+        b = cells // (h * w)
+        out[(b[cell[column]] * H + y) * W + x[column]] = best
     return out.view(B, H, W)
+
+
+class _Bands:
+    """Bilinear upsampling (B, h, w, K) -> (B, H, W, K) in bands of output rows, with its adjoint.
+
+    A band holds about ``elements`` values, so it stays in cache and nothing of the full output
+    size is ever allocated. Band ``i`` reads source rows ``first[i]:last[i]`` only.
+    """
+
+    def __init__(self, table: torch.Tensor, size: tuple[int, int], elements: int = 1 << 20):
+        B, h, w, K = table.shape
+        H, W = size
+        self.w = w
+        self.y0, self.y1, self.wy = _source_index(H, h, table.device)
+        self.x0, self.x1, wx = _source_index(W, w, table.device)
+        self.wx = wx[:, None]  # (W, 1)
+        step = max(1, elements // (B * W * K))
+        self.rows = [slice(i, min(i + step, H)) for i in range(0, H, step)]
+
+    def source(self, rows: slice) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Source rows first:last of a band; its row neighbours relative to first; their weight."""
+        first, last = int(self.y0[rows][0]), int(self.y1[rows][-1]) + 1
+        return first, last, self.y0[rows] - first, self.y1[rows] - first, self.wy[rows, None, None]
+
+    def upsample(self, table: torch.Tensor, rows: slice) -> torch.Tensor:
+        """(B, h, w, K) -> the band (B, rows, W, K)."""
+        first, last, top, bottom, wy = self.source(rows)
+        src = table[:, first:last]  # (B, r, w, K)
+        cols = torch.lerp(src.index_select(2, self.x0), src.index_select(2, self.x1), self.wx)
+        return torch.lerp(cols.index_select(1, top), cols.index_select(1, bottom), wy)
+
+    def adjoint(self, grad: torch.Tensor, rows: slice) -> tuple[int, int, torch.Tensor]:
+        """Gradient w.r.t. a band (B, rows, W, K) -> w.r.t. its source rows (B, r, w, K)."""
+        first, last, top, bottom, wy = self.source(rows)
+        B, _, W, K = grad.shape
+        g_cols = grad.new_zeros(B, last - first, W, K)
+        g_cols.index_add_(1, top, grad * (1 - wy)).index_add_(1, bottom, grad * wy)
+        g_src = grad.new_zeros(B, last - first, self.w, K)
+        g_src.index_add_(2, self.x0, g_cols * (1 - self.wx)).index_add_(
+            2, self.x1, g_cols * self.wx
+        )
+        return first, last, g_src
+
+
+class _UpsampleCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of bilinearly upsampled logits, band by band; the backward pass
+    recomputes each band rather than keeping the (B, K, H, W) upsampled logits and their
+    log-softmax (the largest activations of a training step)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index):
+        table = logits.detach().permute(0, 2, 3, 1).float().contiguous()  # (B, h, w, K)
+        keep = target != ignore_index  # (B, H, W)
+        safe = torch.where(keep, target, 0)[..., None]  # (B, H, W, 1) ignored -> any class
+        bands = _Bands(table, target.shape[-2:])
+        total = table.new_zeros(())
+        for rows in bands.rows:
+            log_p = bands.upsample(table, rows).log_softmax(-1)  # (B, rows, W, K)
+            total -= log_p.gather(-1, safe[:, rows]).squeeze(-1)[keep[:, rows]].sum()
+        count = keep.sum()
+        ctx.save_for_backward(logits, safe, keep, count)
+        return total / count  # NaN when every pixel is ignored, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, safe, keep, count = ctx.saved_tensors
+        table = logits.detach().permute(0, 2, 3, 1).float().contiguous()
+        bands = _Bands(table, safe.shape[1:3])
+        g_table = torch.zeros_like(table)  # (B, h, w, K)
+        scale = (grad / count) * keep[..., None]  # (B, H, W, 1)
+        minus_one = table.new_full((1, 1, 1, 1), -1.0)
+        for rows in bands.rows:
+            # d loss / d band = (softmax - onehot) * scale, the band recomputed, not kept
+            g = bands.upsample(table, rows).softmax(-1)
+            g.scatter_add_(-1, safe[:, rows], minus_one.expand_as(safe[:, rows])).mul_(
+                scale[:, rows]
+            )
+            first, last, g_src = bands.adjoint(g, rows)
+            g_table[:, first:last] += g_src
+        return g_table.permute(0, 3, 1, 2).to(logits.dtype), None, None
 
 
 def upsample_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
-    """``F.cross_entropy(F.interpolate(logits, target size, bilinear), target, ignore_index)``."""
+    """``F.cross_entropy(F.interpolate(logits, target.shape[-2:], mode="bilinear"), target,
+    ignore_index=ignore_index)`` (mean over kept pixels) in bands: the upsampled logits never
+    exist whole, in the forward or the backward pass. logits (B, K, h, w), target (B, H, W)."""
     return _UpsampleCrossEntropy.apply(logits, target, ignore_index)
