@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
 
-from helpers import CONFIG_DIR, compose_config
 from segformer.utils import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY, compose_config, compose_train
+
 from segformer.eval import evaluate
 from segformer.train import train
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY, compose_train
+
 from segformer.models import SegFormer
 from segformer.train import train
 
@@ -51,7 +51,9 @@ def test_multirun_jobs_get_distinct_run_directories(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_optuna_sweep_two_trials(tmp_path: Path) -> None:
     out = run_train(
-        tmp_path, "hparams_search=synthetic_optuna", "hydra.sweeper.n_trials=2",
+        tmp_path,
+        "hparams_search=synthetic_optuna",
+        "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
     )
     sweeps = list((tmp_path / "logs" / "train" / "synthetic_b0").glob("multirun_*"))

@@ -8,10 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import CAMVID_ROOT, compose_config, compose_train
 
 import segformer.train as train_mod
 from segformer.optim import WarmupPolyLR
-from helpers import CAMVID_ROOT, compose_config, compose_train
 
 
 class StepRecorder(L.Callback):

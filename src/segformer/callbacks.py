@@ -37,7 +37,11 @@ class PredictionGrid(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, torch.Tensor):
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not isinstance(outputs, torch.Tensor)
+        ):
             return
         for image, mask, pred in zip(batch["image"], batch["mask"], outputs, strict=False):
             if len(self._rows) >= self.num_images:
@@ -68,7 +72,9 @@ class PredictionGrid(L.Callback):
         overlays = [overlay(i, colorize(p, palette)) for i, p in zip(images, preds, strict=True)]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(
+                    "val/predictions", grid, trainer.global_step, dataformats="HWC"
+                )
             elif isinstance(logger, WandbLogger):
                 logger.log_image("val/predictions", [grid], step=trainer.global_step)
                 logger.log_image("val/overlays", list(overlays), step=trainer.global_step)

@@ -58,7 +58,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         per_class = {
             name: {"IoU": float(iou), "Acc": float(acc)}
-            for name, iou, acc in zip(module.class_names, results["IoU"], results["Acc"], strict=True)
+            for name, iou, acc in zip(
+                module.class_names, results["IoU"], results["Acc"], strict=True
+            )
         }
         report = {
             "checkpoint": str(cfg.ckpt_path),
@@ -68,7 +70,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "per_class": per_class,
         }
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        save_confusion_matrix_png(results["confmat"], module.class_names, output_dir / "confusion_matrix.png")
+        save_confusion_matrix_png(
+            results["confmat"], module.class_names, output_dir / "confusion_matrix.png"
+        )
     return metrics
 
 

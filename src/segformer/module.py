@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import get_class
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -16,7 +15,7 @@ from rich.console import Console
 
 from segformer.inference import InferenceConfig, predict_logits
 from segformer.metrics import SegmentationMetrics, metrics_table
-from segformer.models import SegFormer
+from segformer.models import SegFormer, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
 from segformer.optim import param_groups
 
@@ -58,7 +57,9 @@ class SegFormerModule(L.LightningModule):
             ln_eps=ln_eps,
         )
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
-        self.inference = InferenceConfig(**{k: v for k, v in (inference or {}).items() if v is not None})
+        self.inference = InferenceConfig(
+            **{k: v for k, v in (inference or {}).items() if v is not None}
+        )
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.best_miou = -math.inf
@@ -77,13 +78,11 @@ class SegFormerModule(L.LightningModule):
         return self.model(images)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        # fp32 loss under mixed precision: upsample the H/4 logits to the label size, then CE
-        # averaged over the valid (non-ignored) pixels
+        """CE of the H/4 logits upsampled (bilinear) to the label size, averaged over valid
+        pixels, in fp32 even under mixed precision; computed in row bands so the full-resolution
+        logits never exist (exactly F.cross_entropy(F.interpolate(...)))."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            logits = F.interpolate(
-                logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False
-            )
-            return F.cross_entropy(logits, masks, ignore_index=self.hparams.ignore_index)
+            return upsample_cross_entropy(logits.float(), masks, self.hparams.ignore_index)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.model.forward_logits(batch["image"]), batch["mask"])
@@ -92,7 +91,9 @@ class SegFormerModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> torch.Tensor:
         masks = batch["mask"]
-        logits = predict_logits(self.model, batch["image"], self.inference, out_size=masks.shape[-2:])
+        logits = predict_logits(
+            self.model, batch["image"], self.inference, out_size=masks.shape[-2:]
+        )
         preds = logits.argmax(1)
         metrics.update(preds, masks)
         return preds

@@ -1,8 +1,8 @@
 """segformer-train: fit a SegFormer with Lightning, configured by Hydra.
 
-    segformer-train                                  # B0 on the embedded synthetic data
-    segformer-train experiment=ade20k_b2 trainer=ddp trainer.devices=8 data.root=/data/ade
-    segformer-train experiment=synthetic_b0 ckpt_path=last   # resume the newest run in place
+segformer-train                                  # B0 on the embedded synthetic data
+segformer-train experiment=ade20k_b2 trainer=ddp trainer.devices=8 data.root=/data/ade
+segformer-train experiment=synthetic_b0 ckpt_path=last   # resume the newest run in place
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ register_resolvers()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` -> this run directory's last.ckpt (the run dir was chosen by the run_dir resolver)."""
+    """``last`` -> last.ckpt of this run directory (chosen by the run_dir resolver)."""
     if ckpt_path != "last":
         return ckpt_path
     return str(output_dir / "checkpoints" / "last.ckpt")

@@ -57,7 +57,9 @@ def print_config(cfg: DictConfig, save_to: Path | None = None, show: bool = True
     tree = rich.tree.Tree("config", guide_style="dim")
     for key, value in cfg.items():
         branch = tree.add(f"[bold]{key}")
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        text = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     if show:
         Console().print(tree)

@@ -1,4 +1,4 @@
-"""Turning class maps into pictures: palette colouring, overlays, image | truth | prediction grids."""
+"""Class maps as pictures: palette colouring, overlays, image | truth | prediction grids."""
 
 from __future__ import annotations
 
@@ -50,9 +50,11 @@ def prediction_grid(
     """Rows of image | ground truth | prediction, as one (H, W, 3) uint8 picture."""
     rows = []
     for image, mask, pred in zip(images, masks, preds, strict=True):
-        h, w = image.shape[:2]
+        h = image.shape[0]
         sep = np.full((h, gap, 3), 255, np.uint8)
-        rows.append(np.concatenate([image, sep, colorize(mask, palette), sep, colorize(pred, palette)], 1))
+        rows.append(
+            np.concatenate([image, sep, colorize(mask, palette), sep, colorize(pred, palette)], 1)
+        )
     width = max(r.shape[1] for r in rows)
     padded = []
     for r in rows:
