@@ -37,7 +37,7 @@ test-fast: install ## run the tests not marked slow
 lint: install ## ruff lint + format check, codespell
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
-	$(PYTHON) -m codespell src tests configs README.md
+	$(PYTHON) -m codespell_lib src tests configs README.md
 
 format: install ## apply ruff fixes and formatting
 	$(PYTHON) -m ruff check --fix src tests benchmarks
