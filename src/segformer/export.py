@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segformer.models import SegFormer
-from segformer.predict import checkpoint_class_names
+from segformer.models.convert import checkpoint_class_names
 from segformer.utils import CONFIG_DIR, print_config, register_resolvers
-from segformer.visualize import IMAGENET_MEAN, IMAGENET_STD
 
 register_resolvers()
 
@@ -129,8 +129,8 @@ def export(cfg: DictConfig) -> list[float]:
         "variant": model.variant,
         "num_classes": str(model.num_classes),
         "class_names": json.dumps(names),
-        "mean": json.dumps(list(IMAGENET_MEAN)),  # on RGB in [0, 1]
-        "std": json.dumps(list(IMAGENET_STD)),
+        "mean": json.dumps((IMAGENET_MEAN / 255).round(6).tolist()),  # on RGB in [0, 1]
+        "std": json.dumps((IMAGENET_STD / 255).round(6).tolist()),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     size = (cfg.height, cfg.width)

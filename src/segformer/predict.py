@@ -38,6 +38,7 @@ from segformer.data.base import read_image
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segformer.inference import InferenceConfig, predict_logits
 from segformer.models import SegFormer
+from segformer.models.convert import checkpoint_class_names
 from segformer.utils import CONFIG_DIR, print_config, register_resolvers
 from segformer.visualize import colorize, default_palette, overlay
 
@@ -110,19 +111,6 @@ def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = 
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
     return predict_logits(model, x, cfg or InferenceConfig()).argmax(1).cpu().numpy()
-
-
-def checkpoint_class_names(path: Path) -> list[str] | None:
-    """Class names stored with the weights: our Lightning hyper-parameters or transformers'
-    config.json id2label; None for bare state dicts."""
-    if path.is_dir():
-        labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
-        return [labels[str(i)] for i in range(len(labels))] if labels else None
-    if path.suffix == ".ckpt":  # Lightning; mmap: the weights are not read a second time
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        names = ckpt.get("hyper_parameters", {}).get("class_names")
-        return list(names) if names else None
-    return None
 
 
 def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[str], np.ndarray]:

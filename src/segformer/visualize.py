@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_COLOR = (0, 0, 0)
 
 
@@ -19,9 +19,9 @@ def default_palette(num_classes: int, seed: int = 0) -> np.ndarray:
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised (3, H, W) float -> (H, W, 3) uint8."""
-    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = image.new_tensor(IMAGENET_STD)[:, None, None]
-    rgb = (image.float() * std + mean).clamp(0, 1) * 255
+    mean = image.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]  # 0-255 scale
+    std = image.new_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    rgb = (image.float() * std + mean).clamp(0, 255)
     return rgb.round().byte().permute(1, 2, 0).cpu().numpy()
 
 

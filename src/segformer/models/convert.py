@@ -335,3 +335,16 @@ def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path
         if cfg["embed_dims"] == tuple(dims) and cfg["depths"] == tuple(depths):
             return name
     raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
+
+
+def checkpoint_class_names(path: Path) -> list[str] | None:
+    """Class names stored with the weights: our Lightning hyper-parameters or transformers'
+    config.json id2label; None for bare state dicts."""
+    if path.is_dir():
+        labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
+        return [labels[str(i)] for i in range(len(labels))] if labels else None
+    if path.suffix == ".ckpt":  # Lightning; mmap: the weights are not read a second time
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        names = ckpt.get("hyper_parameters", {}).get("class_names")
+        return list(names) if names else None
+    return None
