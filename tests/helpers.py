@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import segformer.train as train_mod
 from segformer.utils import CONFIG_DIR, register_resolvers
 
-__all__ = ["CAMVID_ROOT", "CONFIG_DIR", "REPO_ROOT", "TINY", "compose_config", "compose_train"]
+__all__ = [
+    "CAMVID_ROOT",
+    "CONFIG_DIR",
+    "REPO_ROOT",
+    "TINY",
+    "compose_config",
+    "compose_train",
+    "with_callback",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = REPO_ROOT.parent / "shared" / "data" / "camvid"
@@ -52,3 +63,17 @@ def compose_config(config_name: str, overrides: list[str], root: Path | None = N
 
 def compose_train(root: Path, overrides: list[str] | None = None) -> DictConfig:
     return compose_config("train", TINY + list(overrides or []), root)
+
+
+_instantiate_dict = train_mod.instantiate_dict
+
+
+def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
+    """Make train() run with one more callback (the config's callbacks stay as they are; a
+    second call replaces the first one's callback)."""
+
+    def patched(cfg):
+        objs = _instantiate_dict(cfg)
+        return [*objs, callback] if cfg is not None and "model_checkpoint" in cfg else objs
+
+    monkeypatch.setattr(train_mod, "instantiate_dict", patched)

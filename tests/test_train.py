@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import CAMVID_ROOT, compose_config, compose_train
+from helpers import CAMVID_ROOT, compose_config, compose_train, with_callback
 
 import segformer.train as train_mod
 from segformer.optim import WarmupPolyLR
@@ -29,20 +29,6 @@ class StepRecorder(L.Callback):
             trainer.should_stop = True
 
 
-_instantiate_dict = train_mod.instantiate_dict
-
-
-def _with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
-    """Run train() with one more callback (the config's callbacks stay as they are)."""
-    original = _instantiate_dict
-
-    def patched(cfg):
-        objs = original(cfg)
-        return [*objs, callback] if cfg is not None and "model_checkpoint" in cfg else objs
-
-    monkeypatch.setattr(train_mod, "instantiate_dict", patched)
-
-
 @pytest.mark.slow
 def test_fit_and_validate_two_steps(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path)
@@ -54,6 +40,11 @@ def test_fit_and_validate_two_steps(tmp_path: Path) -> None:
     assert (run / "predictions" / "latest.png").is_file()
     assert (run / "config.yaml").is_file()
     assert json.loads((run / "metrics.json").read_text())["val/mIoU"] == metrics["val/mIoU"]
+    curve = json.loads((run / "learning_curve.json").read_text())
+    assert curve["val_mIoU"] == [[2, metrics["val/mIoU"]]]  # this validation's, not the last
+    assert [step for step, _ in curve["train_loss"]] == [1, 2]
+    assert (run / "learning_curve.png").stat().st_size > 0
+    assert "IoU" in (run / "val_per_class.txt").read_text()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # no pickled code
     assert ckpt["global_step"] == 2
     assert ckpt["hyper_parameters"]["variant"] == "b0"
@@ -65,14 +56,14 @@ def test_resume_continues_at_the_same_step_and_lr(
 ) -> None:
     steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "scheduler.warmup_steps=3"]
     first = StepRecorder(stop_at=2)
-    _with_callback(monkeypatch, first)
+    with_callback(monkeypatch, first)
     cfg = compose_train(tmp_path, steps)
     train_mod.train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     assert [s for s, _ in first.seen] == [0, 1]
 
     second = StepRecorder()
-    _with_callback(monkeypatch, second)
+    with_callback(monkeypatch, second)
     cfg2 = compose_train(tmp_path, [*steps, "ckpt_path=last"])
     assert Path(cfg2.paths.output_dir) == run_dir  # same run directory, not a new timestamp
     train_mod.train(cfg2)

@@ -1,7 +1,9 @@
-"""Lightning callbacks: a picture of predictions on a fixed set of validation images."""
+"""Lightning callbacks: a picture of predictions on a fixed set of validation images, and the
+learning curve (training loss and validation mIoU over steps)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,79 @@ class PredictionGrid(L.Callback):
             elif isinstance(logger, WandbLogger):
                 logger.log_image("val/predictions", [grid], step=trainer.global_step)
                 logger.log_image("val/overlays", list(overlays), step=trainer.global_step)
+
+
+class LearningCurve(L.Callback):
+    """Write ``<run>/learning_curve.png`` (training loss, smoothed, and validation mIoU over
+    optimizer steps) and its numbers ``learning_curve.json`` after every validation. The history
+    is kept in the checkpoint, so a resumed run continues the same curve."""
+
+    def __init__(self, smooth: int = 50) -> None:
+        self.smooth = smooth
+        self.loss: list[tuple[int, float]] = []  # (step, training loss)
+        self.val: list[tuple[int, float]] = []  # (step, val mIoU)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # None for a skipped (non-finite) batch
+            self.loss.append((trainer.global_step, float(loss.detach())))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_validation_epoch_end: callbacks run that hook before the module logs val/mIoU
+        miou = trainer.callback_metrics.get("val/mIoU")
+        if trainer.sanity_checking or miou is None or not trainer.is_global_zero:
+            return
+        self.val.append((trainer.global_step, float(miou)))
+        self.save(Path(trainer.default_root_dir))
+
+    def save(self, out_dir: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        history = {"train_loss": self.loss, "val_mIoU": self.val}
+        (out_dir / "learning_curve.json").write_text(json.dumps(history))
+        fig, ax_loss = plt.subplots(figsize=(8, 4.5), dpi=100)
+        if self.loss:
+            steps, loss = np.asarray(self.loss).T
+            k = max(1, min(self.smooth, len(loss)))
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")  # running mean
+            ax_loss.plot(steps, loss, color="tab:blue", alpha=0.2, linewidth=0.5)
+            ax_loss.plot(
+                steps[k - 1 :], smooth, color="tab:blue", label=f"train loss ({k}-step mean)"
+            )
+        ax_loss.set_xlabel("step")
+        ax_loss.set_ylabel("train loss", color="tab:blue")
+        ax_miou = ax_loss.twinx()
+        if self.val:
+            steps, miou = np.asarray(self.val).T
+            ax_miou.plot(steps, miou, "o-", color="tab:red", label="val mIoU")
+            ax_miou.annotate(
+                f"{miou[-1]:.3f}",
+                (steps[-1], miou[-1]),
+                textcoords="offset points",
+                xytext=(-10, 8),
+            )
+        ax_miou.set_ylabel("val mIoU", color="tab:red")
+        ax_miou.set_ylim(0, 1)
+        ax_loss.grid(alpha=0.3)
+        fig.legend(loc="upper center", ncol=2, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+        fig.savefig(out_dir / "learning_curve.png")
+        plt.close(fig)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "val": self.val}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loss = [tuple(x) for x in state_dict["loss"]]
+        self.val = [tuple(x) for x in state_dict["val"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -36,12 +37,14 @@ class SegFormerModule(L.LightningModule):
         dropout: float = 0.1,
         ln_eps: str = "official",
         ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         head_lr_mult: float = 10.0,
         no_decay_bias: bool = False,
         compile: bool = False,
+        nonfinite_loss: str = "raise",
         inference: dict[str, Any] | None = None,
         model: SegFormer | None = None,
     ) -> None:
@@ -57,6 +60,20 @@ class SegFormerModule(L.LightningModule):
             ln_eps=ln_eps,
         )
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(
+                f"model.class_weights has {len(class_weights)} values, expected one per class "
+                f"(num_classes={num_classes})"
+            )
+        weight = None if class_weights is None else torch.tensor(class_weights).float()
+        self.register_buffer("class_weight", weight, persistent=False)  # (K,) or None
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(
+                f"model.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}"
+            )
+        self.nonfinite_skipped = 0  # batches skipped for a NaN/inf loss (kept in checkpoints)
+        self._nonfinite_in_a_row = 0
+        self._resume_rng: dict[str, Any] | None = None
         self.inference = InferenceConfig(
             **{k: v for k, v in (inference or {}).items() if v is not None}
         )
@@ -64,10 +81,6 @@ class SegFormerModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.best_miou = -math.inf
         self.last_results: dict[str, dict[str, torch.Tensor]] = {}
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile and stage == "fit":
-            self.model.compile()
 
     def load_pretrained_encoder(self, path: str) -> None:
         """Start the encoder from ImageNet MiT weights (official ``mit_bX.pth`` or transformers)."""
@@ -79,15 +92,72 @@ class SegFormerModule(L.LightningModule):
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """CE of the H/4 logits upsampled (bilinear) to the label size, averaged over valid
-        pixels, in fp32 even under mixed precision; computed in row bands so the full-resolution
-        logits never exist (exactly F.cross_entropy(F.interpolate(...)))."""
+        pixels (weighted by ``class_weights`` when given), in fp32 even under mixed precision;
+        computed in row bands so the full-resolution logits never exist (exactly
+        F.cross_entropy(F.interpolate(...), weight=class_weights))."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return upsample_cross_entropy(logits.float(), masks, self.hparams.ignore_index)
+            return upsample_cross_entropy(
+                logits.float(), masks, self.hparams.ignore_index, self.class_weight
+            )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        # with skipping on, keep the buffers: a NaN batch would poison BatchNorm running stats
+        # in the forward pass already (a few KB: only the decoder has BatchNorm)
+        skip = self.hparams.nonfinite_loss == "skip"
+        buffers = [(b, b.clone()) for b in self.model.buffers()] if skip else []
         loss = self.loss(self.model.forward_logits(batch["image"]), batch["mask"])
+        if not torch.isfinite(loss):
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+            return self._nonfinite(loss, batch)
+        self._nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """A NaN/inf loss never trains the model: stop with the batch named, or (policy
+        ``skip``) skip the optimizer step and count it, stopping after 10 in a row (then the
+        weights themselves are broken)."""
+        self._nonfinite_in_a_row += 1
+        names = ", ".join(batch["name"][:4]) + (", ..." if len(batch["name"]) > 4 else "")
+        what = f"training loss is {loss.item()} at step {self.global_step} (batch: {names})"
+        if self.hparams.nonfinite_loss == "raise" or self._nonfinite_in_a_row > 10:
+            raise FloatingPointError(
+                f"{what}; {self._nonfinite_in_a_row} in a row, {self.nonfinite_skipped} skipped "
+                "before. Lower optimizer.lr, set trainer.gradient_clip_val, train in fp32 or "
+                "bf16 rather than fp16, or set model.nonfinite_loss=skip to skip such batches"
+            )
+        self.nonfinite_skipped += 1
+        self.print(f"skipped: {what}")
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
+        return None  # Lightning skips the backward pass and the optimizer step
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit":
+            self.model.compile()
+        if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size > 1:
+            # one process skipping its step while the others all-reduce gradients would hang
+            raise ValueError("model.nonfinite_loss=skip works in one process only; use 'raise'")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the RNG state that dropout / drop path draw from next: a resumed run continues it
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_state"] = rng
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("rng_state")
+        self.nonfinite_skipped = checkpoint.get("nonfinite_skipped", 0)
+
+    def on_train_start(self) -> None:
+        # restored here, after the sanity validation, right before the first training batch
+        if self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng["torch"])
+            if "cuda" in self._resume_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._resume_rng["cuda"])
+            self._resume_rng = None
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> torch.Tensor:
         masks = batch["mask"]
@@ -103,6 +173,14 @@ class SegFormerModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, self.test_metrics)
+
+    def on_validation_epoch_start(self) -> None:
+        # fresh state tensors: ddp_spawn hands every process the metric state in one shared
+        # memory block, where their updates would add up before the cross-process sum
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
         results = self._log_metrics("val", self.val_metrics)
@@ -128,9 +206,15 @@ class SegFormerModule(L.LightningModule):
 
     @rank_zero_only
     def _report(self, split: str, results: dict[str, torch.Tensor]) -> None:
-        """The per-class table on the terminal, and as a table in wandb."""
+        """The per-class table on the terminal, in ``<run>/<split>_per_class.txt`` and as a table
+        in wandb."""
         title = f"{split} (step {self.global_step})"
-        Console().print(metrics_table(results, self.class_names, title=title))
+        console = Console(record=True)
+        console.print(metrics_table(results, self.class_names, title=title))
+        if self._trainer is not None:
+            out = Path(self.trainer.default_root_dir) / f"{split}_per_class.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(console.export_text())
         rows = [
             [name, iou, acc]
             for name, iou, acc in zip(

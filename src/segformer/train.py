@@ -8,6 +8,7 @@ segformer-train experiment=synthetic_b0 ckpt_path=last   # resume the newest run
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,9 @@ from segformer.utils import (
 )
 
 register_resolvers()
+# our train loaders resume by position (data/sampler.py), so Lightning's mid-epoch warning for
+# loaders without state_dict does not apply
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:

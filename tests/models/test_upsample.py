@@ -53,9 +53,9 @@ def test_argmax_of_bf16_logits_mixes_in_fp32():
     assert_same_classes(upsample_argmax(logits, (80, 80)), upsample(logits, (80, 80)))
 
 
-def reference_loss(logits, target, ignore_index=255):
+def reference_loss(logits, target, ignore_index=255, weight=None):
     up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(up, target, ignore_index=ignore_index)
+    return F.cross_entropy(up, target, weight=weight, ignore_index=ignore_index)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +74,21 @@ def test_cross_entropy_value_and_gradient(low, size):
     (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(ref, logits)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+
+
+def test_cross_entropy_class_weights():
+    """Weighted mean as F.cross_entropy(weight=...): sum(w_y * nll) / sum(w_y) over kept pixels."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 9, 13).requires_grad_()
+    target = torch.randint(0, 6, (2, 35, 50))
+    target[:, :5] = 255
+    weight = torch.tensor([0.2, 1.0, 4.5, 0.1, 9.6, 2.0])
+    ours = upsample_cross_entropy(logits, target, weight=weight)
+    ref = reference_loss(logits, target, weight=weight)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+    assert not torch.allclose(ours, reference_loss(logits, target))  # the weights matter
 
 
 def test_cross_entropy_channels_last_bf16_and_ignored():

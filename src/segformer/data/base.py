@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from segformer.data.sampler import ResumableSampler, SampleKey, ShardSampler
 from segformer.data.transforms import Compose, Transform, eval_transform, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -120,23 +121,49 @@ def rgb_to_index(rgb: np.ndarray, palette: np.ndarray, fill: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- reading
 
 
+def _truncated_jpeg(data: bytes) -> bool:
+    """Whether JPEG bytes end before the end-of-image marker FF D9 (libjpeg decodes such a file
+    with only a warning, the missing part grey). Walks the header segments to the first scan:
+    byte stuffing keeps FF D9 out of scan data. False when the header cannot be walked."""
+    pos = 2  # after the start-of-image marker FF D8
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        if data[pos + 1] == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", pos) < 0
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
 def read_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3) RGB."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {path}")
+    """uint8 (H, W, 3) RGB, EXIF rotation applied."""
+    data = Path(path).read_bytes()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # cv2 returns None for an unreadable or truncated PNG, but a truncated JPEG decodes
+    if image is None or (data[:2] == b"\xff\xd8" and _truncated_jpeg(data)):
+        raise OSError(
+            f"image {path} is corrupt or truncated ({len(data)} bytes); expected a complete "
+            f"image file ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: Path, palette: np.ndarray, fill: int = 255) -> np.ndarray:
     """uint8 (H, W) raw ids: index PNGs (mode P / L) keep their indices, RGB masks are decoded
     with `palette` (unknown colours -> fill)."""
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA"):
-            if not len(palette):
-                raise ValueError(f"mask {path} is an RGB image but the dataset has no palette")
-            return rgb_to_index(np.asarray(im.convert("RGB")), palette, fill)
-        mode, mask = im.mode, np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                if not len(palette):
+                    raise ValueError(
+                        f"mask {path} is an RGB image but the dataset has no palette; expected "
+                        "an index mask (PNG mode P or L) or a palette in the data config"
+                    )
+                return rgb_to_index(np.asarray(im.convert("RGB")), palette, fill)
+            mode, mask = im.mode, np.asarray(im)
+    except OSError as err:  # PIL.UnidentifiedImageError included
+        raise OSError(
+            f"mask {path} is corrupt or truncated ({err}); expected a complete lossless image "
+            f"({', '.join(MASK_SUFFIXES)})"
+        ) from None
     if mask.ndim != 2 or mask.max(initial=0) > 255:
         raise ValueError(
             f"mask {path}: expected 8-bit class ids (PNG mode P or L) or an RGB palette mask, "
@@ -145,16 +172,22 @@ def read_mask(path: Path, palette: np.ndarray, fill: int = 255) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def sample_rng() -> np.random.Generator:
-    # PyTorch seeds torch's RNG per DataLoader worker (base_seed + worker_id, base_seed from the
-    # loader's generator) and seed_everything seeds it in the main process, so a generator drawn
-    # from it is distinct per worker and reproducible per seed.
-    return np.random.default_rng(int(torch.randint(2**62, ())))
+def unpack_key(key: int | SampleKey) -> tuple[int, np.random.Generator]:
+    """A dataset key -> (index, augmentation generator). Training keys from ResumableSampler
+    carry their own seed, so a sample's augmentation does not depend on which worker makes it
+    (the resumed run repeats the uninterrupted one). A plain index draws the seed from torch's
+    RNG, which PyTorch seeds per worker and seed_everything in the main process."""
+    if isinstance(key, tuple):
+        index, seed = key
+        return index, np.random.default_rng(seed)
+    return key, np.random.default_rng(int(torch.randint(2**62, ())))
 
 
-def make_sample(image: np.ndarray, mask: np.ndarray, name: str, transform: Transform) -> dict:
+def make_sample(
+    image: np.ndarray, mask: np.ndarray, name: str, transform: Transform, rng: np.random.Generator
+) -> dict:
     """Transform a uint8 (H, W, 3) image and (H, W) mask into the sample dict."""
-    image, mask = transform(image, mask, sample_rng())
+    image, mask = transform(image, mask, rng)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W)
         "mask": torch.from_numpy(mask.astype(np.int64)),  # (H, W)
@@ -167,6 +200,7 @@ class SegmentationDataset(Dataset):
 
     label_map: uint8 (256,) raw mask value -> train id (None: masks hold train ids already).
     palette: uint8 (K, 3) used to decode RGB masks; colours outside it become ignore_index.
+    num_classes: train ids must lie in [0, num_classes) or be ignore_index (None: unchecked).
     """
 
     def __init__(
@@ -176,28 +210,62 @@ class SegmentationDataset(Dataset):
         label_map: np.ndarray | None = None,
         palette: np.ndarray | None = None,
         ignore_index: int = 255,
+        num_classes: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform or eval_transform()
         self.label_map = label_map
         self.palette = palette if palette is not None else np.zeros((0, 3), np.uint8)
         self.ignore_index = ignore_index
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        index, rng = unpack_key(key)
+        image, mask = self.read(index)
+        return make_sample(image, mask, self.samples[index][0].stem, self.transform, rng)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index` untransformed: uint8 (H, W, 3) RGB image, uint8 (H, W) train ids.
+        Bad data raises OSError / ValueError naming the file (also from a DataLoader worker)."""
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
-        mask = read_mask(mask_path, self.palette, self.ignore_index)
+        image, mask = read_image(image_path), self.read_mask(mask_path)
+        self.check_size(image, mask, image_path, mask_path)
+        return image, mask
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """uint8 (H, W) train ids of mask `path`: decoded, label-mapped, range-checked."""
+        mask = read_mask(path, self.palette, self.ignore_index)
+        if self.label_map is not None:
+            mask = self.label_map[mask]
+        if self.num_classes is not None:
+            self.check_ids(mask, path)
+        return mask
+
+    def check_ids(self, mask: np.ndarray, path: Path) -> None:
+        # a wrong num_classes in the config shows up here too: as ids beyond the last class
+        valid = np.zeros(256, bool)
+        valid[: self.num_classes] = valid[self.ignore_index] = True
+        bad = ~valid[mask]
+        if bad.any():
+            y, x = np.argwhere(bad)[0]
+            k = self.num_classes
+            mapped = " after the label map" if self.label_map is not None else ""
+            raise ValueError(
+                f"mask {path} has value {mask[y, x]}{mapped} at (y={y}, x={x}) ({bad.sum()} "
+                f"such pixels) but the dataset has num_classes={k} (ids 0-{k - 1}, ignore "
+                f"{self.ignore_index}): wrong num_classes or a mask saved in another format?"
+            )
+
+    @staticmethod
+    def check_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
         if mask.shape != image.shape[:2]:
             raise ValueError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
-                f"is {image.shape[1]}x{image.shape[0]}"
+                f"is {image.shape[1]}x{image.shape[0]}; expected the same width x height"
             )
-        if self.label_map is not None:
-            mask = self.label_map[mask]
-        return make_sample(image, mask, image_path.stem, self.transform)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -285,6 +353,14 @@ class SegmentationDataModule(L.LightningDataModule):
             return default_palette(self.num_classes)
         return np.asarray(self.PALETTE, np.uint8).reshape(self.num_classes, 3)
 
+    @property
+    def mask_palette(self) -> np.ndarray:
+        """uint8 (K, 3) colours that decode RGB masks: only a palette the dataset or config
+        names; the display default would silently turn unknown colours into ignored pixels."""
+        if self.PALETTE is None:
+            return np.zeros((0, 3), np.uint8)
+        return self.palette
+
     # --- what a dataset subclass provides
     def list_samples(self, split: str) -> list[Sample]:
         """(image, mask) paths of `split`; raise FileNotFoundError for missing files/folders."""
@@ -313,8 +389,9 @@ class SegmentationDataModule(L.LightningDataModule):
             self.samples(split),
             self.train_transform if train else self.eval_transform,
             self.label_map(split),
-            self.palette,
+            self.mask_palette,
             self.ignore_index,
+            self.num_classes,
         )
 
     def dataset(self, split: str, train: bool) -> Dataset:
@@ -337,26 +414,37 @@ class SegmentationDataModule(L.LightningDataModule):
     # --- loaders
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.dataset(split, train)
-        generator = None
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if train:
-            if len(dataset) < self.batch_size:
+            if len(dataset) // world < self.batch_size:
                 raise ValueError(
                     f"{self.name}: train split {split!r} has {len(dataset)} samples, fewer than "
-                    f"batch_size={self.batch_size} (the last incomplete batch is dropped)"
+                    f"batch_size={self.batch_size} per process x {world} processes (the last "
+                    "incomplete batch is dropped)"
                 )
-            # distinct augmentation streams per rank: worker seeds derive from this generator
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            generator = torch.Generator().manual_seed(self.seed + rank)
+            sampler = ResumableSampler(
+                len(dataset), self.batch_size, self.seed, rank, world, self._batches_done
+            )
+        else:
+            sampler = ShardSampler(len(dataset), rank, world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            generator=generator,
+            # worker base seeds from a generator of our own, not from torch's global RNG, which
+            # must advance only with training (dropout, drop path) for exact resumption
+            generator=torch.Generator().manual_seed(self.seed + rank),
         )
+
+    def _batches_done(self) -> int:
+        """Training batches this process has consumed so far (restored on resume)."""
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_split, train=True)

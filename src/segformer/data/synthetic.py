@@ -26,7 +26,8 @@ from collections.abc import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from segformer.data.base import SegmentationDataModule, make_sample
+from segformer.data.base import SegmentationDataModule, make_sample, unpack_key
+from segformer.data.sampler import SampleKey
 from segformer.data.transforms import Transform, eval_transform
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # separate random streams per split
@@ -156,12 +157,14 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        index, aug_rng = unpack_key(key)
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, self.split_id, index])
         image, mask = generate(rng, self.image_size, self.texture_noise)
-        return make_sample(image, mask, f"synthetic_{self.split_id}_{index:06d}", self.transform)
+        name = f"synthetic_{self.split_id}_{index:06d}"
+        return make_sample(image, mask, name, self.transform, aug_rng)
 
 
 class SyntheticDataModule(SegmentationDataModule):

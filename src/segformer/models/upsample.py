@@ -157,26 +157,29 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
     log-softmax (the largest activations of a training step)."""
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index):
+    def forward(ctx, logits, target, ignore_index, weight):
         table = logits.detach().permute(0, 2, 3, 1).float().contiguous()  # (B, h, w, K)
         keep = target != ignore_index  # (B, H, W)
         safe = torch.where(keep, target, 0)[..., None]  # (B, H, W, 1) ignored -> any class
+        # per-pixel weight: class weight (or 1) where kept, 0 where ignored; F.cross_entropy's
+        # weighted mean divides by the summed weights of the kept pixels
+        pixel_w = keep.float() if weight is None else weight.float()[safe[..., 0]] * keep
         bands = _Bands(table, target.shape[-2:])
         total = table.new_zeros(())
         for rows in bands.rows:
             log_p = bands.upsample(table, rows).log_softmax(-1)  # (B, rows, W, K)
-            total -= log_p.gather(-1, safe[:, rows]).squeeze(-1)[keep[:, rows]].sum()
-        count = keep.sum()
-        ctx.save_for_backward(logits, safe, keep, count)
+            total -= (log_p.gather(-1, safe[:, rows]).squeeze(-1) * pixel_w[:, rows]).sum()
+        count = pixel_w.sum()
+        ctx.save_for_backward(logits, safe, pixel_w, count)
         return total / count  # NaN when every pixel is ignored, as F.cross_entropy
 
     @staticmethod
     def backward(ctx, grad):
-        logits, safe, keep, count = ctx.saved_tensors
+        logits, safe, pixel_w, count = ctx.saved_tensors
         table = logits.detach().permute(0, 2, 3, 1).float().contiguous()
         bands = _Bands(table, safe.shape[1:3])
         g_table = torch.zeros_like(table)  # (B, h, w, K)
-        scale = (grad / count) * keep[..., None]  # (B, H, W, 1)
+        scale = (grad / count) * pixel_w[..., None]  # (B, H, W, 1)
         minus_one = table.new_full((1, 1, 1, 1), -1.0)
         for rows in bands.rows:
             # d loss / d band = (softmax - onehot) * scale, the band recomputed, not kept
@@ -186,13 +189,17 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
             )
             first, last, g_src = bands.adjoint(g, rows)
             g_table[:, first:last] += g_src
-        return g_table.permute(0, 3, 1, 2).to(logits.dtype), None, None
+        return g_table.permute(0, 3, 1, 2).to(logits.dtype), None, None, None
 
 
 def upsample_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.cross_entropy(F.interpolate(logits, target.shape[-2:], mode="bilinear"), target,
-    ignore_index=ignore_index)`` (mean over kept pixels) in bands: the upsampled logits never
-    exist whole, in the forward or the backward pass. logits (B, K, h, w), target (B, H, W)."""
-    return _UpsampleCrossEntropy.apply(logits, target, ignore_index)
+    weight=weight, ignore_index=ignore_index)`` (weighted mean over kept pixels) in bands: the
+    upsampled logits never exist whole, in the forward or the backward pass.
+    logits (B, K, h, w), target (B, H, W), weight (K,) or None."""
+    return _UpsampleCrossEntropy.apply(logits, target, ignore_index, weight)

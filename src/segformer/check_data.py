@@ -1,0 +1,52 @@
+"""segformer-check-data: scan dataset splits for bad files; summarise sizes, classes, weights.
+
+    segformer-check-data data=cityscapes data.root=/data/cityscapes
+    segformer-check-data data=folder data.root=/data/roads 'data.classes=[bg,road,lane]' \
+        'splits=[train,val]'
+
+Lists every unreadable, truncated, unpaired or mismatched file and every mask value outside
+[0, num_classes) that is not the ignore index, then per split the image sizes, the pixels per
+class and median-frequency class weights (a `model.class_weights=[...]` line to paste). Exit
+status 1 when any problem was found. The report is also saved as report.txt in the run directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.console import Console
+
+from segformer.data.check import check_split, print_report
+from segformer.utils import CONFIG_DIR, register_resolvers
+
+register_resolvers()
+
+
+def check_data(cfg: DictConfig) -> int:
+    """Check `cfg.splits` (or `cfg.split`) of `cfg.data`, print the report; the bad files count."""
+    datamodule = instantiate(cfg.data)
+    console = Console(record=True)
+    bad: set[Path] = set()
+    for split in cfg.splits or [cfg.split]:
+        report = check_split(datamodule, split, cfg.num_workers)
+        print_report(report, console)
+        bad |= report.bad_files
+    console.print(f"[red]{len(bad)} bad file(s)" if bad else "[green]no bad files")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    console.save_text(str(output_dir / "report.txt"))
+    return len(bad)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check_data")
+def main(cfg: DictConfig) -> None:
+    if check_data(cfg):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
