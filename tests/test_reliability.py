@@ -145,6 +145,7 @@ def test_two_process_validation_counts_every_sample_once(tmp_path: Path) -> None
             devices=devices,
             strategy=strategy,
             use_distributed_sampler=False,  # as configs/trainer/default.yaml
+            default_root_dir=tmp_path,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
