@@ -102,3 +102,13 @@ def test_cross_entropy_channels_last_bf16_and_ignored():
     torch.testing.assert_close(ours, reference_loss(logits.float(), target), rtol=1e-5, atol=0)
     all_ignored = torch.full_like(target, 255)
     assert upsample_cross_entropy(logits, all_ignored).isnan()  # as F.cross_entropy
+
+
+def test_other_devices_take_the_plain_functions():
+    """The banded paths are for CPUs; elsewhere (GPU) the fused ATen ops run. On the meta device
+    the banded code could not run at all (it reads tensor values), the plain ops can."""
+    logits = torch.empty(2, 5, 8, 8, device="meta")
+    target = torch.empty(2, 32, 32, dtype=torch.long, device="meta")
+    assert upsample_argmax(logits, (32, 32)).shape == (2, 32, 32)
+    loss = upsample_cross_entropy(logits, target, weight=torch.ones(5, device="meta"))
+    assert loss.shape == () and loss.dtype == torch.float32
