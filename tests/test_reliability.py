@@ -173,3 +173,29 @@ def test_same_seed_gives_identical_runs(tmp_path: Path) -> None:
     assert metrics_a == metrics_b
     for key, value in weights_a.items():
         torch.testing.assert_close(weights_b[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_bad_dataset_exits_nonzero_naming_the_problem(tmp_path: Path) -> None:
+    """The command line (as users run it): a mask with a class id beyond num_classes stops
+    segformer-train with exit status 1 and the file, value and num_classes in the message, and
+    before any checkpoint is written."""
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 24)).save(root / "images" / split / f"{i}.png")
+            Image.new("L", (32, 24), 1).save(root / "masks" / split / f"{i}.png")
+    Image.new("L", (32, 24), 7).save(root / "masks" / "train" / "2.png")  # id 7, 3 classes
+    settings = [o for o in RESUME if not o.startswith("data.")]  # synthetic-only keys out
+    data = ["data=folder", f"data.root={root}", "data.classes=[a,b,c]", "data.batch_size=2"]
+    data += ["data.crop_size=[24,24]", "data.num_workers=1"]  # read in a worker process
+    cmd = [sys.executable, "-m", "segformer.train", f"paths.root_dir={tmp_path}", *settings, *data]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert f"mask {root}/masks/train/2.png has value 7" in proc.stderr
+    assert "num_classes=3" in proc.stderr
+    assert _last_ckpt(tmp_path) is None
