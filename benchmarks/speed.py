@@ -51,7 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segformer.data.synthetic import SyntheticDataModule
-from segformer.models import MIT_VARIANTS, SegFormer, upsample_cross_entropy
+from segformer.models import VARIANTS, SegFormer, upsample_cross_entropy
 
 NUM_CLASSES = 150
 IGNORE = 255
@@ -59,13 +59,13 @@ IGNORE = 255
 
 def make_transformers_model(variant: str, folder: Path) -> None:
     """Random-init transformers SegFormer with the paper's config, saved with save_pretrained."""
-    cfg = MIT_VARIANTS[variant]
+    spec = VARIANTS[variant]
     config = transformers.SegformerConfig(
-        hidden_sizes=list(cfg["embed_dims"]),
-        depths=list(cfg["depths"]),
-        num_attention_heads=list(cfg["num_heads"]),
-        sr_ratios=list(cfg["sr_ratios"]),
-        decoder_hidden_size=256 if variant in ("b0", "b1") else 768,
+        hidden_sizes=list(spec.embed_dims),
+        depths=list(spec.depths),
+        num_attention_heads=list(spec.num_heads),
+        sr_ratios=list(spec.sr_ratios),
+        decoder_hidden_size=spec.decoder_dim,
         num_labels=NUM_CLASSES,
     )
     torch.manual_seed(0)
@@ -316,7 +316,7 @@ def table(results: dict, summary: dict, info: dict, size: int) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["b0", "b2"], choices=list(MIT_VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["b0", "b2"], choices=list(VARIANTS))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10, help="timed inference repeats")
     parser.add_argument(

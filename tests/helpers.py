@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -56,6 +57,9 @@ def compose_config(config_name: str, overrides: list[str], root: Path | None = N
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(root or Path.cwd())
         cfg.hydra.job.num = 0
+    # the run dir may use ${hydra:...} itself (a copy: set_config makes its argument read-only)
+    HydraConfig.instance().set_config(copy.deepcopy(cfg))
+    with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(cfg.hydra.run.dir)
     HydraConfig.instance().set_config(cfg)
     return cfg

@@ -8,7 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import CAMVID_ROOT, compose_config, compose_train, with_callback
+import yaml
+from helpers import CAMVID_ROOT, TINY, compose_config, compose_train, with_callback
+from omegaconf import OmegaConf
 
 import segformer.train as train_mod
 from segformer.optim import WarmupPolyLR
@@ -20,6 +22,10 @@ class StepRecorder(L.Callback):
     def __init__(self, stop_at: int | None = None) -> None:
         self.stop_at = stop_at
         self.seen: list[tuple[int, float]] = []
+        self.best_at_start: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.best_at_start = pl_module.best_miou
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seen.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
@@ -58,7 +64,7 @@ def test_resume_continues_at_the_same_step_and_lr(
     first = StepRecorder(stop_at=2)
     with_callback(monkeypatch, first)
     cfg = compose_train(tmp_path, steps)
-    train_mod.train(cfg)
+    first_metrics = train_mod.train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     assert [s for s, _ in first.seen] == [0, 1]
 
@@ -66,8 +72,12 @@ def test_resume_continues_at_the_same_step_and_lr(
     with_callback(monkeypatch, second)
     cfg2 = compose_train(tmp_path, [*steps, "ckpt_path=last"])
     assert Path(cfg2.paths.output_dir) == run_dir  # same run directory, not a new timestamp
-    train_mod.train(cfg2)
+    second_metrics = train_mod.train(cfg2)
     assert [s for s, _ in second.seen] == [2, 3]
+    # the best validation score covers the whole run, not only the resumed part
+    assert second.best_at_start == first_metrics["val/mIoU_best"]
+    curve = json.loads((run_dir / "learning_curve.json").read_text())["val_mIoU"]
+    assert second_metrics["val/mIoU_best"] == pytest.approx(max(m for _, m in curve))
 
     # the lr the schedule gives at steps 2 and 3 of a 4-step run, as uninterrupted
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
@@ -106,3 +116,72 @@ def test_one_epoch_on_real_camvid(tmp_path: Path) -> None:
     assert state["global_step"] == 367 // 8  # one epoch, last partial batch dropped
     assert 0.0 <= metrics["val/mIoU"] <= 1.0
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+@pytest.mark.slow
+def test_quiet_logs_test_split_and_hyperparameters_logged_once(tmp_path: Path) -> None:
+    """trainer.enable_progress_bar=false works (the config's rich bar is dropped), test=true keeps
+    the validation results next to the test ones, and the loggers get the config once."""
+    cfg = compose_train(
+        tmp_path,
+        [
+            "trainer.enable_progress_bar=false",
+            "test=true",
+            "data.num_test=4",
+            "trainer.limit_test_batches=1",
+        ],
+    )
+    metrics = train_mod.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert {"val/mIoU", "val/mIoU_best", "test/mIoU"} <= set(saved)
+    assert saved == metrics
+    # the CSV logger's hparams.yaml holds the resolved config and nothing else (the module's
+    # hyper-parameters were logged on top of it once: num_classes, class_names, ...)
+    hparams = yaml.safe_load(next(run.glob("csv/**/hparams.yaml")).read_text())
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert set(hparams) == set(resolved)
+    assert hparams["model"] == resolved["model"]
+
+
+def test_progress_bar_counts_steps_not_epochs() -> None:
+    from segformer.callbacks import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = L.Trainer(max_steps=5, max_epochs=-1, callbacks=[bar], logger=False)
+    bar._trainer = trainer
+    description = bar._get_train_description(3)
+    assert description.strip() == "Epoch 3"  # Lightning's own bar: "Epoch 3/-2"
+    assert bar.get_metrics(trainer, L.LightningModule())["step"] == "0/5"
+
+
+# the hyper-parameter names SegFormerModule wrote before 0.2 (encoder/decoder config groups)
+OLD_NAMES = {"ln_eps_preset": "ln_eps"}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path: Path) -> None:
+    """Checkpoints from before the config-tree change (``ln_eps`` hyper-parameter, no
+    ``pretrained``, no stored best score) load in from_pretrained, segformer-eval and a resume."""
+    from segformer.eval import evaluate
+    from segformer.models import SegFormer
+
+    cfg = compose_train(tmp_path, ["model.ln_eps_preset=hf"])
+    train_mod.train(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    for new, old in OLD_NAMES.items():
+        hparams[old] = hparams.pop(new)
+    del hparams["pretrained"], ckpt["best_miou"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+
+    net = SegFormer.from_pretrained(old)
+    assert net.ln_eps_preset == "hf"  # read from the old name
+    data = [o for o in TINY if o.startswith("data.")]
+    metrics = evaluate(compose_config("eval", [f"ckpt_path={old}", *data], tmp_path))
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    resumed = compose_train(
+        tmp_path, ["model.ln_eps_preset=hf", f"ckpt_path={old}", "trainer.max_steps=3"]
+    )
+    assert torch.isfinite(torch.tensor(train_mod.train(resumed)["train/loss"]))

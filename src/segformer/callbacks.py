@@ -1,5 +1,5 @@
-"""Lightning callbacks: a picture of predictions on a fixed set of validation images, and the
-learning curve (training loss and validation mIoU over steps)."""
+"""Lightning callbacks: a picture of predictions on a fixed set of validation images, the
+learning curve (training loss and validation mIoU over steps), a step-based progress bar."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
@@ -156,3 +157,20 @@ class LearningCurve(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.loss = [tuple(x) for x in state_dict["loss"]]
         self.val = [tuple(x) for x in state_dict["val"]]
+
+
+class StepProgressBar(RichProgressBar):
+    """The rich progress bar for iteration-based runs (``max_epochs=-1``): "Epoch 3" instead of
+    Lightning's "Epoch 3/-2", and the optimizer step out of ``max_steps`` among the metrics."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs not in (None, -1):
+            return super()._get_train_description(current_epoch)
+        # padded like Lightning's, so the bar does not jump when "Validation" replaces it
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if trainer.max_steps > 0:
+            metrics["step"] = f"{trainer.global_step}/{trainer.max_steps}"
+        return metrics

@@ -1,29 +1,31 @@
 """segformer-eval: evaluate a checkpoint (any format from_pretrained reads) on a val/test split.
 
     segformer-eval ckpt_path=logs/train/synthetic_b0/<run>/checkpoints/last.ckpt
-    segformer-eval experiment=cityscapes_b0 ckpt_path=segformer.b0.1024x1024.city.160k.pth \
-        model.inference.mode=slide model.inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75,2.0] \
-        model.inference.flip=true
+    segformer-eval experiment=cityscapes ckpt_path=segformer.b0.1024x1024.city.160k.pth \
+        inference.mode=slide inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75,2.0] inference.flip=true
 
-Writes metrics.json and confusion_matrix.png into the run directory.
+The network (variant, decoder width, classes) comes from the checkpoint. Writes metrics.json
+and confusion_matrix.png into the run directory.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from segformer.metrics import save_confusion_matrix_png
 from segformer.models import SegFormer
+from segformer.module import SegFormerModule
 from segformer.utils import (
     CONFIG_DIR,
-    build_module,
     instantiate_dict,
     print_config,
     register_resolvers,
@@ -32,19 +34,47 @@ from segformer.utils import (
 register_resolvers()
 
 
+CHECKED = ("variant", "decoder_dim")  # model.* keys a command line may give: checked, not applied
+
+
+def network_checks(cfg: DictConfig) -> dict[str, Any]:
+    """The network comes from the checkpoint. ``model.variant`` / ``model.decoder_dim`` given on
+    the command line become checks against it; any other ``model.*`` override (a training
+    setting) is refused, not silently ignored. An experiment's model settings are not used."""
+    if not HydraConfig.initialized():
+        return {}
+    given = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
+    keys = [o.partition("=")[0] for o in given if o.startswith("model")]
+    unusable = [k for k in keys if k.removeprefix("model.") not in CHECKED]
+    if unusable:
+        raise ValueError(
+            f"segformer-eval takes the network from ckpt_path; {', '.join(unusable)} cannot "
+            f"change it (only {', '.join(f'model.{k}' for k in CHECKED)} are checked against it)"
+        )
+    return {k.removeprefix("model."): cfg.model[k.removeprefix("model.")] for k in keys}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    checks = network_checks(cfg)
     if cfg.split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
     output_dir = Path(cfg.paths.output_dir)
     print_config(cfg, save_to=output_dir, show=cfg.get("print_config", False))
     datamodule = instantiate(cfg.data)
-    net = SegFormer.from_pretrained(cfg.ckpt_path)
+    net = SegFormer.from_pretrained(cfg.ckpt_path, **checks)
     if net.num_classes != datamodule.num_classes:
         raise ValueError(
             f"{cfg.ckpt_path}: the checkpoint predicts {net.num_classes} classes but data "
             f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
         )
-    module = build_module(cfg, datamodule, variant=net.variant, model=net)
+    module = SegFormerModule(
+        num_classes=net.num_classes,
+        variant=net.variant,
+        class_names=datamodule.class_names,
+        ignore_index=datamodule.ignore_index,
+        inference=OmegaConf.to_container(cfg.inference, resolve=True),
+        model=net,
+    )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[RichProgressBar()],
@@ -65,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         report = {
             "checkpoint": str(cfg.ckpt_path),
             "split": cfg.split,
-            "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
+            "inference": OmegaConf.to_container(cfg.inference, resolve=True),
             **metrics,
             "per_class": per_class,
         }

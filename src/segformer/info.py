@@ -1,4 +1,4 @@
-"""segformer-info: parameters and multiply-accumulates of a SegFormer variant.
+"""segformer-info: a SegFormer variant's shape, weights' names, parameters and multiply-accumulates.
 
     segformer-info variant=b2 size=512x512 num_classes=150 [decoder_dim=768]
 
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from segformer.models import SegFormer
+from segformer.models import SegFormer, get_variant
 
 DEFAULTS = {"variant": "b0", "size": "512x512", "num_classes": "150", "decoder_dim": "null"}
 
@@ -74,6 +74,10 @@ def model_info(variant: str, size: tuple[int, int], num_classes: int, decoder_di
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     variant, size = args["variant"], _parse_size(args["size"])
+    try:
+        spec = get_variant(variant)
+    except ValueError as err:
+        raise SystemExit(f"segformer-info: {err}") from None
     num_classes = _int(args, "num_classes")
     decoder_dim = None if args["decoder_dim"] == "null" else _int(args, "decoder_dim")
     info = model_info(variant, size, num_classes, decoder_dim)
@@ -85,7 +89,18 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(column, justify="right" if column else "left")
     for part, (params, paper, fast) in info.items():
         table.add_row(part, f"{params:.2f}", f"{paper:.1f}", f"{fast:.1f}")
-    Console().print(table)
+    facts = Table.grid(padding=(0, 2))
+    for name, value in [
+        ("embed dims / depths", f"{spec.embed_dims} / {spec.depths}"),
+        ("heads / sr ratios", f"{spec.num_heads} / {spec.sr_ratios}"),
+        ("decoder width (paper)", str(spec.decoder_dim)),
+        ("ImageNet weights", f"{spec.imagenet_file} (Hub: {spec.hub_imagenet})"),
+        ("fine-tuned on the Hub", f"{spec.hub_ade20k}, {spec.hub_cityscapes}"),
+    ]:
+        facts.add_row(name, value)
+    console = Console()
+    console.print(table)
+    console.print(facts)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ class SegFormerModule(L.LightningModule):
         num_classes: int,
         variant: str = "b0",
         decoder_dim: int | None = None,
+        pretrained: str | None = None,
         drop_path_rate: float = 0.1,
         dropout: float = 0.1,
-        ln_eps: str = "official",
+        ln_eps_preset: str = "official",
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
@@ -49,7 +50,8 @@ class SegFormerModule(L.LightningModule):
         model: SegFormer | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        # not sent to the loggers: the entry points log the whole resolved config once
+        self.save_hyperparameters(ignore=["model"], logger=False)
         # ``model`` lets eval/predict wrap weights loaded from any format
         self.model = model or SegFormer(
             variant=variant,
@@ -57,7 +59,7 @@ class SegFormerModule(L.LightningModule):
             decoder_dim=decoder_dim,
             drop_path_rate=drop_path_rate,
             dropout=dropout,
-            ln_eps=ln_eps,
+            ln_eps_preset=ln_eps_preset,
         )
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if class_weights is not None and len(class_weights) != num_classes:
@@ -82,19 +84,16 @@ class SegFormerModule(L.LightningModule):
         self.best_miou = -math.inf
         self.last_results: dict[str, dict[str, torch.Tensor]] = {}
 
-    def load_pretrained_encoder(self, path: str) -> None:
-        """Start the encoder from ImageNet MiT weights (official ``mit_bX.pth`` or transformers)."""
-        load_encoder_weights(self.model.encoder, path)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, K, H, W)."""
         return self.model(images)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """CE of the H/4 logits upsampled (bilinear) to the label size, averaged over valid
-        pixels (weighted by ``class_weights`` when given), in fp32 even under mixed precision;
-        computed in row bands so the full-resolution logits never exist (exactly
-        F.cross_entropy(F.interpolate(...), weight=class_weights))."""
+        pixels (weighted by ``class_weights`` when given), in fp32 even under mixed precision:
+        exactly F.cross_entropy(F.interpolate(...), weight=class_weights). On the CPU it runs in
+        row bands, so the full-resolution logits never exist there; on other devices ATen's
+        fused interpolate + cross-entropy are faster (see ``models/upsample.py``)."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return upsample_cross_entropy(
                 logits.float(), masks, self.hparams.ignore_index, self.class_weight
@@ -132,6 +131,11 @@ class SegFormerModule(L.LightningModule):
         self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
         return None  # Lightning skips the backward pass and the optimizer step
 
+    def on_fit_start(self) -> None:
+        # ImageNet weights start a new run only (ckpt_path is set once a checkpoint is restored)
+        if self.hparams.pretrained and self.trainer.ckpt_path is None:
+            load_encoder_weights(self.model.encoder, self.hparams.pretrained)
+
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit":
             self.model.compile()
@@ -146,10 +150,13 @@ class SegFormerModule(L.LightningModule):
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_state"] = rng
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["best_miou"] = self.best_miou
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng = checkpoint.get("rng_state")
         self.nonfinite_skipped = checkpoint.get("nonfinite_skipped", 0)
+        # the best validation mIoU of the whole run, not only of the resumed part
+        self.best_miou = checkpoint.get("best_miou", -math.inf)
 
     def on_train_start(self) -> None:
         # restored here, after the sanity validation, right before the first training batch

@@ -45,8 +45,16 @@ def _per_device(global_batch: int, devices: Any, num_nodes: int = 1) -> int:
     return global_batch // world
 
 
+def _variant_field(variant: str, field: str) -> Any:
+    # configs read the variant table, e.g. ${variant:${model.variant},imagenet_file}
+    from segformer.models.variants import get_variant
+
+    return getattr(get_variant(variant), field)
+
+
 def register_resolvers() -> None:
-    for name, fn in {"run_dir": _run_dir, "per_device": _per_device}.items():
+    resolvers = {"run_dir": _run_dir, "per_device": _per_device, "variant": _variant_field}
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -100,11 +108,17 @@ def instantiate_loggers(cfg: DictConfig | None, run_dir: Path) -> list[Any]:
 
 
 def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
-    """SegFormerModule from ``cfg.model`` with classes and ignore index taken from the data."""
+    """The LightningModule of ``cfg.model`` (default SegFormerModule) with the optimizer,
+    scheduler and inference groups, and classes and ignore index taken from the data."""
     from hydra.utils import get_class
 
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    cls = get_class(kwargs.pop("_target_"))
+    from segformer.module import SegFormerModule
+
+    kwargs = OmegaConf.to_container(cfg.get("model") or {}, resolve=True)
+    cls = get_class(kwargs.pop("_target_")) if "_target_" in kwargs else SegFormerModule
+    for group in ("optimizer", "scheduler", "inference"):
+        if cfg.get(group) is not None:
+            kwargs[group] = OmegaConf.to_container(cfg[group], resolve=True)
     kwargs.update(
         num_classes=datamodule.num_classes,
         class_names=list(datamodule.class_names),

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from segformer.models import SegFormer, load_encoder_weights
-from segformer.models.mit import MIT_VARIANTS, MixTransformer
+from segformer.models.mit import MixTransformer
 
 NUM_CLASSES = 7
 
@@ -99,7 +99,11 @@ def test_official_segmentation_checkpoint(model, tmp_path):
     state["decode_head.conv_seg.bias"] = torch.zeros(NUM_CLASSES)
     torch.save({"meta": {"iter": 160000}, "state_dict": state}, tmp_path / "segformer.b0.pth")
     loaded = SegFormer.from_pretrained(tmp_path / "segformer.b0.pth")
-    assert (loaded.variant, loaded.num_classes, loaded.ln_eps) == ("b0", NUM_CLASSES, "official")
+    assert (loaded.variant, loaded.num_classes, loaded.ln_eps_preset) == (
+        "b0",
+        NUM_CLASSES,
+        "official",
+    )
     assert_same_weights(loaded.state_dict(), model.state_dict())
 
 
@@ -113,17 +117,17 @@ def official_mit(model, path):
 def test_official_imagenet_mit_checkpoint(model, tmp_path):
     official_mit(model, tmp_path / "mit_b0.pth")
     loaded = SegFormer.from_pretrained(tmp_path / "mit_b0.pth", num_classes=19)
-    assert (loaded.variant, loaded.num_classes, loaded.head.embed_dim) == ("b0", 19, 256)
+    assert (loaded.variant, loaded.num_classes, loaded.head.decoder_dim) == ("b0", 19, 256)
     assert_same_weights(encoder_only(loaded.state_dict()), encoder_only(model.state_dict()))
 
 
 def test_load_encoder_weights(model, tmp_path):
     official_mit(model, tmp_path / "mit_b0.pth")
-    encoder = MixTransformer(**MIT_VARIANTS["b0"])
+    encoder = MixTransformer.from_variant("b0")
     load_encoder_weights(encoder, tmp_path / "mit_b0.pth")
     assert_same_weights(encoder.state_dict(), model.encoder.state_dict())
     with pytest.raises(ValueError, match=r"MiT-b0 weights, the encoder is MiT-b1"):
-        load_encoder_weights(MixTransformer(**MIT_VARIANTS["b1"]), tmp_path / "mit_b0.pth")
+        load_encoder_weights(MixTransformer.from_variant("b1"), tmp_path / "mit_b0.pth")
 
 
 def test_mmseg_backbone_checkpoint(model, tmp_path):
@@ -132,7 +136,7 @@ def test_mmseg_backbone_checkpoint(model, tmp_path):
     torch.save({"state_dict": state}, tmp_path / "mmseg.pth")
     with pytest.warns(UserWarning, match="only the encoder weights are loaded"):
         loaded = SegFormer.from_pretrained(tmp_path / "mmseg.pth", num_classes=NUM_CLASSES)
-    assert loaded.ln_eps == "mmseg"
+    assert loaded.ln_eps_preset == "mmseg"
     assert_same_weights(encoder_only(loaded.state_dict()), encoder_only(model.state_dict()))
 
 
@@ -150,10 +154,11 @@ def test_own_lightning_checkpoint(tmp_path):
     import lightning as L
 
     class Module(L.LightningModule):
+        # "ln_eps": the hyper-parameter's name in checkpoints written before 0.2
         def __init__(self, num_classes: int = 3, ln_eps: str = "hf"):
             super().__init__()
             self.save_hyperparameters()
-            self.model = SegFormer("b0", num_classes=num_classes, ln_eps=ln_eps)
+            self.model = SegFormer("b0", num_classes=num_classes, ln_eps_preset=ln_eps)
 
         def training_step(self, batch, batch_idx):
             return self.model.forward_logits(batch[0]).mean()
@@ -169,7 +174,7 @@ def test_own_lightning_checkpoint(tmp_path):
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     loaded = SegFormer.from_pretrained(tmp_path / "last.ckpt")
-    assert (loaded.num_classes, loaded.ln_eps) == (3, "hf")  # eps from the hyper-parameters
+    assert (loaded.num_classes, loaded.ln_eps_preset) == (3, "hf")  # eps from the hyper-parameters
     assert_same_weights(loaded.state_dict(), module.model.state_dict())
 
 

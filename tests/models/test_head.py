@@ -8,7 +8,7 @@ IN_CHANNELS = (8, 16, 24, 32)
 
 def make_head(seed: int = 0, num_classes: int = 5) -> AllMLPHead:
     torch.manual_seed(seed)
-    head = AllMLPHead(IN_CHANNELS, embed_dim=16, num_classes=num_classes, dropout=0.1)
+    head = AllMLPHead(IN_CHANNELS, decoder_dim=16, num_classes=num_classes, dropout=0.1)
     with torch.no_grad():  # non-trivial BatchNorm affine and statistics
         head.bn.weight.uniform_(0.5, 1.5)
         head.bn.bias.normal_(0, 0.3)

@@ -17,6 +17,8 @@ def test_cli_prints_a_table(capsys):
     out = capsys.readouterr().out
     assert "SegFormer-B2 at 512x512, 150 classes" in out
     assert "27.46" in out and "62.3" in out  # params (M), paper-head GMACs (paper: 62.4)
+    # the variant table's facts
+    assert "mit_b2.pth" in out and "nvidia/mit-b2" in out and "768" in out
 
 
 def test_cli_rejects_bad_arguments():
@@ -26,3 +28,5 @@ def test_cli_rejects_bad_arguments():
         main(["size=big"])
     with pytest.raises(SystemExit, match="num_classes='many'"):
         main(["num_classes=many"])
+    with pytest.raises(SystemExit, match="variant='b9'; expected one of b0, b1"):
+        main(["variant=b9"])

@@ -32,9 +32,9 @@ def test_parameter_counts_match_the_paper(variant):
 
 def test_decoder_dim_defaults():
     with torch.device("meta"):
-        assert SegFormer("b1").head.embed_dim == 256
-        assert SegFormer("b2").head.embed_dim == 768
-        assert SegFormer("b2", decoder_dim=256).head.embed_dim == 256
+        assert SegFormer("b1").head.decoder_dim == 256
+        assert SegFormer("b2").head.decoder_dim == 768
+        assert SegFormer("b2", decoder_dim=256).head.decoder_dim == 256
 
 
 def test_unknown_variant():

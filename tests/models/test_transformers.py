@@ -7,19 +7,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from segformer.models import SegFormer, read_checkpoint
-from segformer.models.mit import MIT_VARIANTS
+from segformer.models import VARIANTS, SegFormer, read_checkpoint
 
 transformers = pytest.importorskip("transformers")
 NUM_CLASSES = 7
 
 
 def hf_model(variant: str, num_labels: int = 150):
-    cfg = MIT_VARIANTS[variant]
+    spec = VARIANTS[variant]
     config = transformers.SegformerConfig(
-        hidden_sizes=list(cfg["embed_dims"]),
-        depths=list(cfg["depths"]),
-        decoder_hidden_size=256 if variant in ("b0", "b1") else 768,
+        hidden_sizes=list(spec.embed_dims),
+        depths=list(spec.depths),
+        decoder_hidden_size=spec.decoder_dim,
         num_labels=num_labels,
     )
     torch.manual_seed(0)
@@ -49,9 +48,9 @@ def test_transformers_layouts(tmp_path, layout):
     hf = hf_model("b0", num_labels=NUM_CLASSES)
     save_hf(hf, tmp_path / "hf", layout)
     ckpt = read_checkpoint(tmp_path / "hf")
-    assert (ckpt.source, ckpt.variant, ckpt.ln_eps) == (layout, "b0", "hf")
+    assert (ckpt.source, ckpt.variant, ckpt.ln_eps_preset) == (layout, "b0", "hf")
     model = SegFormer.from_pretrained(tmp_path / "hf")
-    assert (model.num_classes, model.ln_eps) == (NUM_CLASSES, "hf")
+    assert (model.num_classes, model.ln_eps_preset) == (NUM_CLASSES, "hf")
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_logits(x), hf(x).logits, rtol=0, atol=1e-5)

@@ -31,11 +31,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from segformer.models.mit import MIT_VARIANTS, MixTransformer
+from segformer.models.mit import MixTransformer
+from segformer.models.variants import VARIANTS
 
 # LayerNorm eps preset of the code each source was trained with (ours: the constructor default,
 # unless a Lightning checkpoint's hyper-parameters say otherwise)
-SOURCE_LN_EPS = {
+SOURCE_LN_EPS_PRESET = {
     "segformer": "official",
     "lightning": "official",
     "official": "official",
@@ -133,9 +134,9 @@ class Checkpoint:
     """Weights in our layout (``encoder.*``, plus ``head.*`` unless encoder-only)."""
 
     state_dict: dict[str, torch.Tensor]
-    source: str  # a key of SOURCE_LN_EPS
+    source: str  # a key of SOURCE_LN_EPS_PRESET
     variant: str  # "b0".."b5", inferred from the weights
-    ln_eps: str  # LayerNorm eps preset of the source
+    ln_eps_preset: str  # LayerNorm eps preset of the source
     decoder_dim: int | None  # None: encoder-only weights
     num_classes: int | None
 
@@ -156,14 +157,18 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if source == "mmseg":
         state = _split_qkv(_linear_from_conv(state))
     dims, depths = _encoder_shape(state, path)
-    ln_eps = container.get("hyper_parameters", {}).get("ln_eps", SOURCE_LN_EPS[source])
+    hparams = container.get("hyper_parameters", {})
+    # "ln_eps" is the name checkpoints written before 0.2 use
+    ln_eps_preset = hparams.get(
+        "ln_eps_preset", hparams.get("ln_eps", SOURCE_LN_EPS_PRESET[source])
+    )
     head = state.get("head.proj.0.weight")
     classifier = state.get("head.classifier.weight")
     return Checkpoint(
         state_dict=state,
         source=source,
         variant=_variant_of(dims, depths, path),
-        ln_eps=ln_eps,
+        ln_eps_preset=ln_eps_preset,
         decoder_dim=None if head is None else head.shape[0],
         num_classes=None if classifier is None else classifier.shape[0],
     )
@@ -331,8 +336,8 @@ def _encoder_shape(
 
 
 def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path) -> str:
-    for name, cfg in MIT_VARIANTS.items():
-        if cfg["embed_dims"] == tuple(dims) and cfg["depths"] == tuple(depths):
+    for name, spec in VARIANTS.items():
+        if spec.embed_dims == tuple(dims) and spec.depths == tuple(depths):
             return name
     raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
 

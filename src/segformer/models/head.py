@@ -39,17 +39,17 @@ class AllMLPHead(nn.Module):
     def __init__(
         self,
         in_channels: tuple[int, ...],
-        embed_dim: int,
+        decoder_dim: int,
         num_classes: int,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
-        self.proj = nn.ModuleList(nn.Linear(c, embed_dim) for c in in_channels)  # c1..c4
-        self.fuse = nn.Conv2d(len(in_channels) * embed_dim, embed_dim, 1, bias=False)
-        self.bn = nn.BatchNorm2d(embed_dim)
+        self.decoder_dim = decoder_dim
+        self.proj = nn.ModuleList(nn.Linear(c, decoder_dim) for c in in_channels)  # c1..c4
+        self.fuse = nn.Conv2d(len(in_channels) * decoder_dim, decoder_dim, 1, bias=False)
+        self.bn = nn.BatchNorm2d(decoder_dim)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
+        self.classifier = nn.Conv2d(decoder_dim, num_classes, 1)
         # the official ConvModule init; the MLPs and the classifier keep PyTorch's default init
         nn.init.kaiming_normal_(self.fuse.weight, mode="fan_out", nonlinearity="relu")
 
@@ -95,7 +95,7 @@ class AllMLPHead(nn.Module):
         Built every call from the live parameters, so gradients reach both P_i and F_i (a few
         E x E x C_i MACs, next to the E x 4E x (H/4 x W/4) ones the fused path saves).
         """
-        fuse = self.fuse.weight.flatten(1).split(self.embed_dim, dim=1)[::-1]  # (E, E), c1..c4
+        fuse = self.fuse.weight.flatten(1).split(self.decoder_dim, dim=1)[::-1]  # (E, E), c1..c4
         weights = [f @ proj.weight for f, proj in zip(fuse, self.proj, strict=True)]
         bias = sum(f @ proj.bias for f, proj in zip(fuse, self.proj, strict=True))
         if self._bn_folded():

@@ -8,23 +8,13 @@ convolutions accept as is and whose ``flatten(2).transpose(1, 2)`` is contiguous
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Paper Table 6 as released: mlp_ratio 4 everywhere, sr 8/4/2/1 (sequence reduction R = sr²).
-MIT_VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
-    name: dict(embed_dims=dims, depths=depths, num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1))
-    for name, dims, depths in [
-        ("b0", (32, 64, 160, 256), (2, 2, 2, 2)),
-        ("b1", (64, 128, 320, 512), (2, 2, 2, 2)),
-        ("b2", (64, 128, 320, 512), (3, 4, 6, 3)),
-        ("b3", (64, 128, 320, 512), (3, 4, 18, 3)),
-        ("b4", (64, 128, 320, 512), (3, 8, 27, 3)),
-        ("b5", (64, 128, 320, 512), (3, 6, 40, 3)),
-    ]
-}
+from segformer.models.variants import get_variant
 
 # LayerNorm eps: (block and stage-end norms, patch-embed and sr norms). The official code builds
 # the latter two as plain nn.LayerNorm, hence "plain_eps" below.
@@ -178,7 +168,7 @@ class MixTransformer(nn.Module):
     """MiT encoder: forward((B, 3, H, W)) -> 4 maps (B, C_i, H/s, W/s) at strides 4, 8, 16, 32.
 
     The maps are channels-last views of the stage tokens (NCHW shape, no copy). ``drop_path_rate``
-    grows linearly from 0 over all blocks. ``ln_eps`` is a key of ``LN_EPS_PRESETS``.
+    grows linearly from 0 over all blocks. ``ln_eps_preset`` is a key of ``LN_EPS_PRESETS``.
     """
 
     def __init__(
@@ -190,13 +180,15 @@ class MixTransformer(nn.Module):
         mlp_ratio: int = 4,
         in_channels: int = 3,
         drop_path_rate: float = 0.1,
-        ln_eps: str = "official",
+        ln_eps_preset: str = "official",
     ) -> None:
         super().__init__()
-        if ln_eps not in LN_EPS_PRESETS:
-            raise ValueError(f"ln_eps={ln_eps!r}; expected one of {list(LN_EPS_PRESETS)}")
+        if ln_eps_preset not in LN_EPS_PRESETS:
+            raise ValueError(
+                f"ln_eps_preset={ln_eps_preset!r}; expected one of {list(LN_EPS_PRESETS)}"
+            )
         self.embed_dims, self.depths = tuple(embed_dims), tuple(depths)
-        eps, plain_eps = LN_EPS_PRESETS[ln_eps]
+        eps, plain_eps = LN_EPS_PRESETS[ln_eps_preset]
         n = sum(depths)
         drop_paths = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]  # 0 -> rate, linear
         self.stages = nn.ModuleList()
@@ -218,6 +210,14 @@ class MixTransformer(nn.Module):
                 )
             )
         self.apply(_init_weights)
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs: Any) -> MixTransformer:
+        """MiT-B0..B5 (``variants.VARIANTS``); ``kwargs`` go to the constructor."""
+        spec = get_variant(variant)
+        return cls(
+            spec.embed_dims, spec.depths, spec.num_heads, spec.sr_ratios, spec.mlp_ratio, **kwargs
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.contiguous(memory_format=torch.channels_last)  # so stage 1's tokens are a view too

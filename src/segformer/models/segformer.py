@@ -12,15 +12,17 @@ from torch import nn
 
 from segformer.models.convert import load_exact, read_checkpoint
 from segformer.models.head import AllMLPHead
-from segformer.models.mit import MIT_VARIANTS, MixTransformer
+from segformer.models.mit import MixTransformer
 from segformer.models.upsample import upsample_argmax
+from segformer.models.variants import get_variant
 
 
 class SegFormer(nn.Module):
-    """SegFormer-B0..B5 (``variant`` "b0".."b5").
+    """SegFormer-B0..B5 (``variant`` "b0".."b5", see ``variants.VARIANTS``).
 
-    ``decoder_dim`` None = the paper's E (256 for B0/B1, 768 for B2-B5). ``ln_eps`` picks the
-    LayerNorm eps preset: "official" (NVlabs), "hf" (transformers) or "mmseg".
+    ``decoder_dim`` None = the variant's E from the paper (256 for B0/B1, 768 for B2-B5).
+    ``ln_eps_preset`` picks the LayerNorm eps of the code the weights come from: "official"
+    (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``).
     """
 
     def __init__(
@@ -30,19 +32,19 @@ class SegFormer(nn.Module):
         decoder_dim: int | None = None,
         drop_path_rate: float = 0.1,
         dropout: float = 0.1,
-        ln_eps: str = "official",
+        ln_eps_preset: str = "official",
     ) -> None:
         super().__init__()
-        if variant not in MIT_VARIANTS:
-            raise ValueError(f"variant={variant!r}; expected one of {list(MIT_VARIANTS)}")
+        spec = get_variant(variant)
         self.variant = variant
         self.num_classes = num_classes
-        self.ln_eps = ln_eps
-        cfg = MIT_VARIANTS[variant]
-        self.encoder = MixTransformer(**cfg, drop_path_rate=drop_path_rate, ln_eps=ln_eps)
-        if decoder_dim is None:
-            decoder_dim = 256 if variant in ("b0", "b1") else 768
-        self.head = AllMLPHead(cfg["embed_dims"], decoder_dim, num_classes, dropout)
+        self.ln_eps_preset = ln_eps_preset
+        self.encoder = MixTransformer.from_variant(
+            variant, drop_path_rate=drop_path_rate, ln_eps_preset=ln_eps_preset
+        )
+        self.head = AllMLPHead(
+            spec.embed_dims, decoder_dim or spec.decoder_dim, num_classes, dropout
+        )
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, K, ceil(H/4), ceil(W/4)) (channels-last)."""
@@ -83,8 +85,8 @@ class SegFormer(nn.Module):
         The variant and decoder width come from the weights; ``variant`` only checks them.
         Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
         ``num_classes`` other than the checkpoint's re-initialises the classifier (with a
-        warning). The LayerNorm eps preset follows the source of the weights unless ``ln_eps``
-        is given. Other ``kwargs`` go to the constructor.
+        warning). The LayerNorm eps preset follows the source of the weights unless
+        ``ln_eps_preset`` is given. Other ``kwargs`` go to the constructor.
         """
         ckpt = read_checkpoint(path)
         if variant is not None and variant != ckpt.variant:
@@ -95,7 +97,7 @@ class SegFormer(nn.Module):
                 raise ValueError(
                     f"{path}: decoder_dim={given} requested, the checkpoint has {ckpt.decoder_dim}"
                 )
-        kwargs.setdefault("ln_eps", ckpt.ln_eps)
+        kwargs.setdefault("ln_eps_preset", ckpt.ln_eps_preset)
         num_classes = num_classes or ckpt.num_classes or 150
         model = cls(variant=ckpt.variant, num_classes=num_classes, **kwargs)
         state, expected = ckpt.state_dict, set(model.state_dict())
