@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -13,13 +14,15 @@ import torch
 from helpers import compose_config
 from PIL import Image
 
-from segformer.data.base import read_image
+from segformer.callbacks import PredictionGrid
+from segformer.data.folder import FolderDataModule
+from segformer.data.labels import default_palette
+from segformer.data.reading import read_image
 from segformer.data.synthetic import SyntheticDataModule
-from segformer.data.transforms import Normalize
+from segformer.inference import segment
 from segformer.models import SegFormer
 from segformer.module import SegFormerModule
-from segformer.predict import normalize, predict, segment
-from segformer.visualize import default_palette
+from segformer.predict import class_metadata, predict
 
 NAMES = ["sky", "road", "car", "tree", "person", "sign"]
 # relative path -> (H, W); a.png and b.jpg share a size (one batch), sub/ only with recursive=true
@@ -108,6 +111,48 @@ def test_predict_names_from_checkpoint(tmp_path, lightning_ckpt, image_dir):
     assert Image.open(out / "c_overlay.jpg").size == (40, 70)
 
 
+# the PASCAL VOC colour map of 6 classes
+VOC_COLOURS = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128]]
+
+
+def training_grid_colours(out_dir: Path, datamodule, num_classes: int) -> list[list[int]]:
+    """The class colours of the ground-truth column in the picture PredictionGrid saves after a
+    validation (the callback driven with a stand-in trainer)."""
+    ids = np.arange(num_classes, dtype=np.uint8)[None]  # (1, K): one pixel per class
+    callback = PredictionGrid()
+    callback._rows = [(np.zeros((1, num_classes, 3), np.uint8), ids, ids)]
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        datamodule=datamodule,
+        default_root_dir=str(out_dir),
+        global_step=0,
+        loggers=[],
+    )
+    module = SimpleNamespace(hparams=SimpleNamespace(num_classes=num_classes))
+    callback.on_validation_epoch_end(trainer, module)
+    grid = np.asarray(Image.open(out_dir / "predictions" / "latest.png").convert("RGB"))
+    gap = 4  # prediction_grid's: image | gap | truth | gap | prediction
+    return grid[0, num_classes + gap : 2 * num_classes + gap].tolist()
+
+
+def test_training_grid_and_predict_share_the_voc_palette(tmp_path, lightning_ckpt):
+    """A dataset without a palette has one set of colours: the VOC colour map, in training's
+    prediction grids (with the folder datamodule or none) and in segformer-predict, with
+    data=folder or without data= (numbered or checkpoint classes)."""
+    k = len(NAMES)
+    folder = FolderDataModule(tmp_path / "data", classes=NAMES)  # no palette; nothing is read
+    trained = training_grid_colours(tmp_path / "run", folder, k)
+    assert training_grid_colours(tmp_path / "run_without_data", None, k) == trained
+    base = [f"ckpt_path={lightning_ckpt}", f"input={tmp_path}"]
+    without_data = compose_config("predict", base, root=tmp_path)
+    with_folder = compose_config(
+        "predict", [*base, "data=folder", f"data.classes=[{','.join(NAMES)}]"], root=tmp_path
+    )
+    assert class_metadata(without_data, lightning_ckpt, k)[1].tolist() == trained
+    assert class_metadata(with_folder, lightning_ckpt, k)[1].tolist() == trained
+    assert trained == VOC_COLOURS
+
+
 def test_predict_transformers_folder(tmp_path, image_dir):
     transformers = pytest.importorskip("transformers")
     config = transformers.SegformerConfig(
@@ -126,13 +171,6 @@ def test_predict_transformers_folder(tmp_path, image_dir):
     assert Image.open(out / "c.png").size == (40, 70)
     legend = json.loads((out / "classes.json").read_text())
     assert [c["name"] for c in legend] == ["wall", "floor", "lamp"]
-
-
-def test_normalize_matches_data_pipeline():
-    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    expected, _ = Normalize()(image, np.zeros((5, 7), np.uint8), np.random.default_rng(0))
-    got = normalize(torch.from_numpy(image)[None])[0]  # (3, H, W)
-    assert torch.equal(got, torch.from_numpy(expected).permute(2, 0, 1))
 
 
 def test_predict_errors(tmp_path, lightning_ckpt, image_dir):

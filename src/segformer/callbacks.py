@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from segformer.visualize import colorize, default_palette, denormalize, overlay, prediction_grid
+from segformer.data.labels import default_palette
+from segformer.visualize import colorize, denormalize, overlay, prediction_grid
 
 
 class PredictionGrid(L.Callback):

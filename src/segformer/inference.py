@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from segformer.data.transforms import normalize
+from segformer.models.upsample import resize_bilinear
+from segformer.sizes import pair
 
 Size = tuple[int, int]
 # short side (int), or (long, short) edge limits with the aspect ratio kept, as mmseg's Resize
@@ -51,9 +55,9 @@ class InferenceConfig:
             raise ValueError(f"InferenceConfig.mode={self.mode!r}; expected 'whole' or 'slide'")
         # Hydra hands over lists (ListConfig); store tuples so configs compare and hash
         if self.scale is not None and not isinstance(self.scale, int):
-            object.__setattr__(self, "scale", _pair(self.scale, "scale"))
-        object.__setattr__(self, "crop", _pair(self.crop, "crop"))
-        object.__setattr__(self, "stride", _pair(self.stride, "stride"))
+            object.__setattr__(self, "scale", pair(self.scale, "InferenceConfig.scale"))
+        object.__setattr__(self, "crop", pair(self.crop, "InferenceConfig.crop"))
+        object.__setattr__(self, "stride", pair(self.stride, "InferenceConfig.stride"))
         object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
         if any(s > c for s, c in zip(self.stride, self.crop, strict=True)):
             raise ValueError(
@@ -64,15 +68,6 @@ class InferenceConfig:
             raise ValueError(f"InferenceConfig.scales={self.scales}; expected positive ratios")
         if self.window_batch < 1:
             raise ValueError(f"InferenceConfig.window_batch={self.window_batch}; expected >= 1")
-
-
-def _pair(value: int | Sequence[int], name: str) -> Size:
-    if isinstance(value, int):
-        return value, value
-    values = [int(v) for v in value]
-    if len(values) != 2:
-        raise ValueError(f"InferenceConfig.{name}={value!r}; expected an int or two ints")
-    return values[0], values[1]
 
 
 # The paper's test settings (official configs and tools/test.py --aug-test).
@@ -107,14 +102,8 @@ def resized_shape(size: Size, scale: Scale | None, align: int | None, ratio: flo
     return h, w
 
 
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    return _resize(model(x), x.shape[-2:])  # (B, K, H, W) at the input size
+    return resize_bilinear(model(x), x.shape[-2:])  # (B, K, H, W) at the input size
 
 
 def whole_inference(
@@ -122,8 +111,8 @@ def whole_inference(
 ) -> Tensor:
     """Resize (B, C, H, W) by ``scale``/``align``, one forward, logits back at (B, K, H, W)."""
     size = images.shape[-2:]
-    x = _resize(images, resized_shape(size, scale, align))
-    return _resize(_forward(model, x), size)
+    x = resize_bilinear(images, resized_shape(size, scale, align))
+    return resize_bilinear(_forward(model, x), size)
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -162,13 +151,13 @@ def _single_pass(
     model: nn.Module, images: Tensor, cfg: InferenceConfig, ratio: float, out_size: Sequence[int]
 ) -> Tensor:
     """Logits (B, K, *out_size) at one scale ratio, without flip."""
-    x = _resize(images, resized_shape(images.shape[-2:], cfg.scale, cfg.align, ratio))
+    x = resize_bilinear(images, resized_shape(images.shape[-2:], cfg.scale, cfg.align, ratio))
     if cfg.mode == "slide":
         logits = sliding_window_inference(model, x, cfg.crop, cfg.stride, cfg.window_batch)
     else:
         logits = _forward(model, x)
     # straight to the output size: one interpolation, as mmseg resizes to the original shape
-    return _resize(logits, out_size)
+    return resize_bilinear(logits, out_size)
 
 
 def multi_scale_inference(
@@ -200,3 +189,12 @@ def predict_logits(
     if len(cfg.scales) == 1 and not cfg.flip:
         return _single_pass(model, images, cfg, cfg.scales[0], out_size)
     return multi_scale_inference(model, images, cfg, out_size)
+
+
+@torch.inference_mode()
+def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
+    """Class maps (B, H, W) int64 for uint8 RGB images (B, H, W, 3) of one size, on the model's
+    device, in any inference mode (default: whole image at its own size)."""
+    device = next(model.parameters()).device
+    x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
+    return predict_logits(model, x, cfg or InferenceConfig()).argmax(1).cpu().numpy()

@@ -8,8 +8,9 @@
 Per image, at its original resolution: <stem>.png (class ids, 8-bit grey), <stem>_color.png
 (the same ids as a palette PNG: viewers show colours, the pixel values stay class ids) and
 <stem>_overlay.jpg; classes.json lists id, name and colour. Class names and palette come from
-``data=`` if given, else the checkpoint (Lightning hyper-parameters, transformers id2label),
-else numbered classes with ``visualize.default_palette``.
+``data=`` if given; without it the names come from the checkpoint (Lightning hyper-parameters,
+transformers id2label) or are numbers, and the colours are the PASCAL VOC colour map
+(``data.labels.default_palette``, as in training's prediction grids).
 """
 
 from __future__ import annotations
@@ -32,19 +33,17 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch import nn
 
-from segformer.data.base import read_image
-from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segformer.inference import InferenceConfig, predict_logits
+from segformer.data.files import IMAGE_SUFFIXES
+from segformer.data.labels import default_palette
+from segformer.data.reading import read_image
+from segformer.inference import InferenceConfig, segment
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names
 from segformer.utils import CONFIG_DIR, print_config, register_resolvers
-from segformer.visualize import colorize, default_palette, overlay
+from segformer.visualize import colorize, overlay
 
 register_resolvers()
-
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
 def find_images(path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
@@ -95,22 +94,6 @@ def size_batches(sizes: dict[Path, tuple[int, int]], batch_size: int) -> list[li
         for paths in groups.values()
         for i in range(0, len(paths), batch_size)
     ]
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, 3) RGB -> float32 (B, 3, H, W), the data pipeline's ImageNet Normalize."""
-    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32)
-    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32)
-    return ((images.float() - mean) / std).permute(0, 3, 1, 2)
-
-
-@torch.inference_mode()
-def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
-    """Class maps (B, H, W) int64 for uint8 RGB images (B, H, W, 3) of one size, on the model's
-    device, in any inference mode (default: whole image at its own size)."""
-    device = next(model.parameters()).device
-    x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
-    return predict_logits(model, x, cfg or InferenceConfig()).argmax(1).cpu().numpy()
 
 
 def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[str], np.ndarray]:

@@ -12,11 +12,6 @@ from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 IGNORE_COLOR = (0, 0, 0)
 
 
-def default_palette(num_classes: int, seed: int = 0) -> np.ndarray:
-    """A fixed random palette (K, 3) uint8 for datasets without a standard one."""
-    return np.random.default_rng(seed).integers(0, 256, (num_classes, 3), dtype=np.uint8)
-
-
 def denormalize(image: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised (3, H, W) float -> (H, W, 3) uint8."""
     mean = image.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]  # 0-255 scale

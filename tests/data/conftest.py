@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datafiles import CITYSCAPES_IDS, raw_mask, write_image, write_mask
 
-from segformer.data.base import default_palette
+from segformer.data.labels import default_palette
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Writers for tiny on-disk fixtures (shared by conftest.py and the tests)."""
+"""Writers for tiny on-disk fixtures (shared by conftest.py and the tests), and a small data module
+over the folder fixture."""
 
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from segformer.data.folder import FolderDataModule
 
 H, W = 24, 32  # fixture image size
 
@@ -37,3 +40,8 @@ CITYSCAPES_IDS = [0, 1, 7, 14, 26, 33]
 
 
 FOLDER_PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+
+
+def folder_dm(root: Path, **kwargs) -> FolderDataModule:
+    defaults = {"batch_size": 2, "num_workers": 0, "crop_size": 16, "scale": (32, 24)}
+    return FolderDataModule(root, classes=["bg", "a", "b"], **{**defaults, **kwargs})

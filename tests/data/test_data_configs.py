@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segformer.data.base import SegmentationDataModule
+from segformer.data.datamodule import SegmentationDataModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 EXPECTED = {  # crop (h, w), eval mode

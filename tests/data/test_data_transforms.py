@@ -1,14 +1,17 @@
 import numpy as np
 import pytest
+import torch
 
 from segformer.data.transforms import (
     IMAGENET_MEAN,
+    Normalize,
     Pad,
     PhotoMetricDistortion,
     RandomCrop,
     RandomFlip,
     Resize,
     eval_transform,
+    normalize,
     rescale_size,
     train_transform,
 )
@@ -124,3 +127,10 @@ def test_cat_max_ratio_gives_up_after_ten_redraws():
     crop = RandomCrop((20, 20), cat_max_ratio=0.75)
     _, out = crop(np.zeros((50, 50, 3), np.uint8), mask, np.random.default_rng(0))
     assert out.shape == (20, 20) and (out == 2).all()
+
+
+def test_normalize_matches_data_pipeline():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    expected, _ = Normalize()(image, np.zeros((5, 7), np.uint8), np.random.default_rng(0))
+    got = normalize(torch.from_numpy(image)[None])[0]  # (3, H, W)
+    assert torch.equal(got, torch.from_numpy(expected).permute(2, 0, 1))

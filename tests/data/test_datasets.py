@@ -9,9 +9,9 @@ from datafiles import CITYSCAPES_IDS, FOLDER_PALETTE, H, W, raw_mask, write_mask
 from PIL import Image
 
 from segformer.data.ade20k import ADE20KDataModule
-from segformer.data.base import SegmentationDataModule
 from segformer.data.camvid import CamVidDataModule
 from segformer.data.cityscapes import CityscapesDataModule
+from segformer.data.datamodule import SegmentationDataModule
 from segformer.data.folder import FolderDataModule
 from segformer.data.voc import VOCDataModule
 

@@ -2,14 +2,9 @@
 
 import numpy as np
 
-from segformer.data.base import (
-    MASK_SUFFIXES,
-    Sample,
-    SegmentationDataModule,
-    index_files,
-    pair_files,
-    reduce_zero_label_map,
-)
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.files import MASK_SUFFIXES, Sample, index_files, pair_files
+from segformer.data.labels import reduce_zero_label_map
 
 
 class ADE20KDataModule(SegmentationDataModule):

@@ -4,13 +4,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segformer.data.base import (
-    Sample,
-    SegmentationDataModule,
-    index_files,
-    make_label_map,
-    pair_files,
-)
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.files import Sample, index_files, pair_files
+from segformer.data.labels import make_label_map
 
 
 class CamVidDataModule(SegmentationDataModule):

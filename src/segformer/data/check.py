@@ -21,11 +21,13 @@ from rich.progress import track
 from rich.table import Table
 from rich.text import Text
 
-from segformer.data.base import SegmentationDataModule, SegmentationDataset, read_image
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.dataset import SegmentationDataset
+from segformer.data.reading import read_image
 
 T = TypeVar("T")
 
-# what a bad file raises (see base.py); anything else is a bug and propagates
+# what a bad file raises (see reading.py and dataset.py); anything else is a bug and propagates
 DATA_ERRORS = (OSError, ValueError)
 
 

@@ -4,15 +4,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segformer.data.base import (
-    MASK_SUFFIXES,
-    Sample,
-    SegmentationDataModule,
-    index_files,
-    pair_files,
-    read_split_list,
-    reduce_zero_label_map,
-)
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.files import MASK_SUFFIXES, Sample, index_files, pair_files, read_split_list
+from segformer.data.labels import reduce_zero_label_map
 
 
 class FolderDataModule(SegmentationDataModule):

@@ -26,7 +26,8 @@ from collections.abc import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from segformer.data.base import SegmentationDataModule, make_sample, unpack_key
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.dataset import make_sample, unpack_key
 from segformer.data.sampler import SampleKey
 from segformer.data.transforms import Transform, eval_transform
 

@@ -1,7 +1,7 @@
 """Paired image/mask transforms: the SegFormer (mmseg) train pipeline and the eval transform.
 
 Every transform maps (image uint8 (H, W, 3) RGB, mask uint8 (H, W)) with an explicit
-`np.random.Generator` to a new pair, so seeding stays with the caller (see data/base.py). The
+`np.random.Generator` to a new pair, so seeding stays with the caller (see data/dataset.py). The
 semantics follow mmseg 0.x, which the official SegFormer configs use: keep-ratio Resize with a
 ratio range, RandomCrop with cat_max_ratio, RandomFlip, PhotoMetricDistortion, Normalize, Pad.
 Albumentations has no equivalent of the keep-ratio "fit in (long, short) x ratio" resize or of
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
+import torch
 
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked after a threaded cv2
 # call in the main process deadlocks. Single-threaded cv2 (as mmengine does) avoids that; the
@@ -193,6 +194,14 @@ class Normalize:
         image -= IMAGENET_MEAN
         image /= IMAGENET_STD
         return image, mask
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) RGB -> float32 (B, 3, H, W): `Normalize` on a batch of tensors, on
+    their device (inference outside the DataLoader)."""
+    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32)
+    return ((images.float() - mean) / std).permute(0, 3, 1, 2)
 
 
 class Pad:

@@ -1,13 +1,7 @@
 """PASCAL VOC 2012 segmentation, optionally with the SBD augmented masks (SegmentationClassAug)."""
 
-from segformer.data.base import (
-    MASK_SUFFIXES,
-    Sample,
-    SegmentationDataModule,
-    index_files,
-    pair_files,
-    read_split_list,
-)
+from segformer.data.datamodule import SegmentationDataModule
+from segformer.data.files import MASK_SUFFIXES, Sample, index_files, pair_files, read_split_list
 
 
 class VOCDataModule(SegmentationDataModule):
@@ -23,7 +17,7 @@ class VOCDataModule(SegmentationDataModule):
         "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
         "sheep", "sofa", "train", "tvmonitor",
     )  # fmt: skip
-    # PALETTE None: the VOC colour map is base.default_palette
+    # PALETTE None: the VOC colour map is labels.default_palette
     LAYOUT = (
         "{root} = VOCdevkit/VOC2012 with JPEGImages/*.jpg, SegmentationClass/*.png, "
         "ImageSets/Segmentation/{train,val}.txt; optional SegmentationClassAug/*.png and "

@@ -19,11 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if x.shape[-2:] == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+from segformer.models.upsample import resize_bilinear
 
 
 def _pointwise(
@@ -58,7 +54,7 @@ class AllMLPHead(nn.Module):
         size = features[0].shape[-2:]
         x = _pointwise(features[0], weights[0], bias)  # (B, E, H/4, W/4)
         for feature, weight in zip(features[1:], weights[1:], strict=True):
-            x.add_(_resize(_pointwise(feature, weight), size))  # upsample E channels only
+            x.add_(resize_bilinear(_pointwise(feature, weight), size))  # upsample E channels only
         if not self._bn_folded():
             x = self.bn(x)
         x = self.dropout(F.relu_(x))  # in place: nothing saved x for backward
@@ -79,7 +75,7 @@ class AllMLPHead(nn.Module):
         """The paper's computation, step by step (for parity tests and FLOP comparisons)."""
         size = features[0].shape[-2:]
         maps = [
-            _resize(_pointwise(x, proj.weight, proj.bias), size)  # (B, E, H/4, W/4)
+            resize_bilinear(_pointwise(x, proj.weight, proj.bias), size)  # (B, E, H/4, W/4)
             for x, proj in zip(features, self.proj, strict=True)
         ]
         x = self.fuse(torch.cat(maps[::-1], dim=1))  # concat order c4, c3, c2, c1

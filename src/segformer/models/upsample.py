@@ -17,12 +17,18 @@ a B0 training step 8x slower than the plain one), so other devices take the plai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 
-def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size), bilinear with align_corners=False (mmseg's ``resize``);
+    ``x`` itself when it has that size already."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _source_index(out_size: int, in_size: int, device: torch.device):
@@ -63,7 +69,7 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     (B, K, h, w) -> (B, H, W) int64.
     """
     if logits.device.type != "cpu":
-        return _upsample(logits, tuple(size)).argmax(1)
+        return resize_bilinear(logits, size).argmax(1)
     B, K, h, w = logits.shape
     H, W = size
     device = logits.device
@@ -214,6 +220,6 @@ def upsample_cross_entropy(
     upsampled logits never exist whole, in the forward or the backward pass.
     logits (B, K, h, w), target (B, H, W), weight (K,) or None."""
     if logits.device.type != "cpu":
-        up = _upsample(logits.float(), tuple(target.shape[-2:]))
+        up = resize_bilinear(logits.float(), target.shape[-2:])
         return F.cross_entropy(up, target, weight=weight, ignore_index=ignore_index)
     return _UpsampleCrossEntropy.apply(logits, target, ignore_index, weight)

@@ -1,0 +1,212 @@
+"""The LightningDataModule every on-disk dataset shares: splits, transforms, loaders, metadata.
+
+A new on-disk dataset is a subclass of `SegmentationDataModule` that sets CLASSES, PALETTE and
+LAYOUT and implements `list_samples(split)` (and `label_map(split)` when raw mask values are not
+train ids); samples are made by `data.dataset.SegmentationDataset`.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segformer.data.dataset import SegmentationDataset
+from segformer.data.files import Sample
+from segformer.data.labels import default_palette
+from segformer.data.sampler import ResumableSampler, ShardSampler
+from segformer.data.transforms import Compose, eval_transform, train_transform
+from segformer.sizes import pair
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Shared data module: splits, transforms, loaders, class metadata.
+
+    root: dataset folder (see the subclass LAYOUT). batch_size: PER DEVICE. val_batch_size:
+    val/test/predict batch (default 1: eval images keep their own size). num_workers: None ->
+    min(4, CPUs). pin_memory: None -> when CUDA is available. crop_size: (h, w) or int.
+    scale: base (long, short) bounds of the train resize, sampled at ratio_range.
+    cat_max_ratio / photometric: see transforms.train_transform. eval_resize: (long, short) to
+    resize val/test images (not masks) in the loader; None leaves the eval resize to inference.
+    eval: the dataset's inference settings ({mode, scale, align, crop, stride}) for the model
+    config; kept as-is in `eval_settings`. seed: seeds shuffling and augmentation workers.
+    """
+
+    CLASSES: tuple[str, ...] = ()
+    PALETTE: Sequence[Sequence[int]] | None = None  # None -> default_palette
+    LAYOUT: str = ""  # the expected folder layout, shown in errors
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        crop_size: int | Sequence[int] = 512,
+        scale: Sequence[int] = (2048, 512),
+        ratio_range: Sequence[float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        photometric: bool = True,
+        ignore_index: int = 255,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        eval_resize: Sequence[int] | None = None,
+        eval: Mapping[str, Any] | None = None,  # named like the config key the model reads
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= ignore_index <= 255:
+            raise ValueError(f"ignore_index must fit a uint8 mask (0-255), got {ignore_index}")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.crop_size = pair(crop_size, "crop_size")
+        self.ignore_index = ignore_index
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.eval_settings = dict(eval or {})
+        self.seed = seed
+        self.train_transform: Compose = train_transform(
+            self.crop_size,
+            pair(scale, "scale"),
+            ratio_range,
+            cat_max_ratio,
+            ignore_index,
+            photometric,
+        )
+        self.eval_transform: Compose = eval_transform(
+            None if eval_resize is None else pair(eval_resize, "eval_resize")
+        )
+        self.datasets: dict[tuple[str, bool], Dataset] = {}
+
+    # --- metadata
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.CLASSES)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.CLASSES)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """uint8 (K, 3) RGB colour per class."""
+        if self.PALETTE is None:
+            return default_palette(self.num_classes)
+        return np.asarray(self.PALETTE, np.uint8).reshape(self.num_classes, 3)
+
+    @property
+    def mask_palette(self) -> np.ndarray:
+        """uint8 (K, 3) colours that decode RGB masks: only a palette the dataset or config
+        names; the display default would silently turn unknown colours into ignored pixels."""
+        if self.PALETTE is None:
+            return np.zeros((0, 3), np.uint8)
+        return self.palette
+
+    # --- what a dataset subclass provides
+    def list_samples(self, split: str) -> list[Sample]:
+        """(image, mask) paths of `split`; raise FileNotFoundError for missing files/folders."""
+        raise NotImplementedError(f"{self.name} must implement list_samples(split)")
+
+    def label_map(self, split: str) -> np.ndarray | None:
+        """Lookup table raw mask value -> train id for `split`; None when masks hold train ids."""
+        return None
+
+    # --- datasets
+    def samples(self, split: str) -> list[Sample]:
+        """`list_samples` with the dataset's name and expected layout in every error."""
+        layout = f"Expected layout for {self.name}:\n{self.LAYOUT}"
+        if self.root is None or not self.root.is_dir():
+            raise FileNotFoundError(f"{self.name}: dataset root {self.root} not found. {layout}")
+        try:
+            samples = self.list_samples(split)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{self.name} split {split!r}: {err}. {layout}") from err
+        if not samples:
+            raise ValueError(f"{self.name}: split {split!r} under {self.root} is empty. {layout}")
+        return samples
+
+    def make_dataset(self, split: str, train: bool) -> Dataset:
+        return SegmentationDataset(
+            self.samples(split),
+            self.train_transform if train else self.eval_transform,
+            self.label_map(split),
+            self.mask_palette,
+            self.ignore_index,
+            self.num_classes,
+        )
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        """The (cached) dataset of `split` with the train or the eval transform."""
+        if (split, train) not in self.datasets:
+            self.datasets[split, train] = self.make_dataset(split, train)
+        return self.datasets[split, train]
+
+    def setup(self, stage: str = "fit") -> None:
+        # build only what the stage needs, so e.g. a missing test split does not block training
+        splits = {
+            "fit": [(self.train_split, True), (self.val_split, False)],
+            "validate": [(self.val_split, False)],
+            "test": [(self.test_split, False)],
+            "predict": [(self.test_split, False)],
+        }[stage]
+        for split, train in splits:
+            self.dataset(split, train)
+
+    # --- loaders
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        if train:
+            if len(dataset) // world < self.batch_size:
+                raise ValueError(
+                    f"{self.name}: train split {split!r} has {len(dataset)} samples, fewer than "
+                    f"batch_size={self.batch_size} per process x {world} processes (the last "
+                    "incomplete batch is dropped)"
+                )
+            sampler = ResumableSampler(
+                len(dataset), self.batch_size, self.seed, rank, world, self._batches_done
+            )
+        else:
+            sampler = ShardSampler(len(dataset), rank, world)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # worker base seeds from a generator of our own, not from torch's global RNG, which
+            # must advance only with training (dropout, drop path) for exact resumption
+            generator=torch.Generator().manual_seed(self.seed + rank),
+        )
+
+    def _batches_done(self) -> int:
+        """Training batches this process has consumed so far (restored on resume)."""
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)

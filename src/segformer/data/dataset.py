@@ -1,0 +1,110 @@
+"""(image, mask) file pairs -> sample dicts {"image": float32 (3, H, W) ImageNet-normalised,
+"mask": int64 (H, W) with ignore_index for ignored pixels, "name": str}."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segformer.data.files import Sample
+from segformer.data.reading import read_image, read_mask
+from segformer.data.sampler import SampleKey
+from segformer.data.transforms import Transform, eval_transform
+
+
+def unpack_key(key: int | SampleKey) -> tuple[int, np.random.Generator]:
+    """A dataset key -> (index, augmentation generator). Training keys from ResumableSampler
+    carry their own seed, so a sample's augmentation does not depend on which worker makes it
+    (the resumed run repeats the uninterrupted one). A plain index draws the seed from torch's
+    RNG, which PyTorch seeds per worker and seed_everything in the main process."""
+    if isinstance(key, tuple):
+        index, seed = key
+        return index, np.random.default_rng(seed)
+    return key, np.random.default_rng(int(torch.randint(2**62, ())))
+
+
+def make_sample(
+    image: np.ndarray, mask: np.ndarray, name: str, transform: Transform, rng: np.random.Generator
+) -> dict:
+    """Transform a uint8 (H, W, 3) image and (H, W) mask into the sample dict."""
+    image, mask = transform(image, mask, rng)
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W)
+        "mask": torch.from_numpy(mask.astype(np.int64)),  # (H, W)
+        "name": name,
+    }
+
+
+class SegmentationDataset(Dataset):
+    """(image path, mask path) pairs -> sample dicts.
+
+    label_map: uint8 (256,) raw mask value -> train id (None: masks hold train ids already).
+    palette: uint8 (K, 3) used to decode RGB masks; colours outside it become ignore_index.
+    num_classes: train ids must lie in [0, num_classes) or be ignore_index (None: unchecked).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Transform | None = None,
+        label_map: np.ndarray | None = None,
+        palette: np.ndarray | None = None,
+        ignore_index: int = 255,
+        num_classes: int | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform or eval_transform()
+        self.label_map = label_map
+        self.palette = palette if palette is not None else np.zeros((0, 3), np.uint8)
+        self.ignore_index = ignore_index
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        index, rng = unpack_key(key)
+        image, mask = self.read(index)
+        return make_sample(image, mask, self.samples[index][0].stem, self.transform, rng)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index` untransformed: uint8 (H, W, 3) RGB image, uint8 (H, W) train ids.
+        Bad data raises OSError / ValueError naming the file (also from a DataLoader worker)."""
+        image_path, mask_path = self.samples[index]
+        image, mask = read_image(image_path), self.read_mask(mask_path)
+        self.check_size(image, mask, image_path, mask_path)
+        return image, mask
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """uint8 (H, W) train ids of mask `path`: decoded, label-mapped, range-checked."""
+        mask = read_mask(path, self.palette, self.ignore_index)
+        if self.label_map is not None:
+            mask = self.label_map[mask]
+        if self.num_classes is not None:
+            self.check_ids(mask, path)
+        return mask
+
+    def check_ids(self, mask: np.ndarray, path: Path) -> None:
+        # a wrong num_classes in the config shows up here too: as ids beyond the last class
+        valid = np.zeros(256, bool)
+        valid[: self.num_classes] = valid[self.ignore_index] = True
+        bad = ~valid[mask]
+        if bad.any():
+            y, x = np.argwhere(bad)[0]
+            k = self.num_classes
+            mapped = " after the label map" if self.label_map is not None else ""
+            raise ValueError(
+                f"mask {path} has value {mask[y, x]}{mapped} at (y={y}, x={x}) ({bad.sum()} "
+                f"such pixels) but the dataset has num_classes={k} (ids 0-{k - 1}, ignore "
+                f"{self.ignore_index}): wrong num_classes or a mask saved in another format?"
+            )
+
+    @staticmethod
+    def check_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
+                f"is {image.shape[1]}x{image.shape[0]}; expected the same width x height"
+            )
