@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segformer.models.convert import load_exact, read_checkpoint
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MixTransformer
-from segformer.models.upsample import upsample_argmax
+from segformer.models.upsample import resize_bilinear, upsample_argmax
 from segformer.models.variants import get_variant
 
 
@@ -55,8 +54,7 @@ class SegFormer(nn.Module):
 
         The logits come channels-last, where bilinear upsampling vectorises over the K classes.
         """
-        logits = self.forward_logits(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return resize_bilinear(self.forward_logits(x), x.shape[-2:])
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
