@@ -162,3 +162,51 @@ def test_config_normalises_and_validates() -> None:
         InferenceConfig(crop=(64, 64), stride=(96, 32))
     with pytest.raises(ValueError, match=r"scale=\(1, 2, 3\); expected an int or two ints"):
         InferenceConfig(scale=(1, 2, 3))
+
+
+def _near_ties(reference_scores: Tensor, fast: Tensor, ref: Tensor, tol: float) -> None:
+    """Every pixel where the fast class map differs is a near-tie of the reference scores: the
+    class it chose scores within ``tol`` of the reference's top class there."""
+    differ = fast != ref
+    chosen = reference_scores.gather(1, fast[:, None]).squeeze(1)
+    top = reference_scores.gather(1, ref[:, None]).squeeze(1)
+    gaps = (top - chosen)[differ]
+    assert gaps.numel() == 0 or float(gaps.max()) <= tol
+    assert differ.float().mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        InferenceConfig(),  # whole, native size: SegFormer.predict's path
+        InferenceConfig(scale=(96, 64), align=32),  # resized first (ADE20K-style)
+        InferenceConfig(mode="slide", crop=(64, 64), stride=(48, 48)),  # needs full scores
+        InferenceConfig(scales=(0.75, 1.0), flip=True),  # averaged probabilities
+    ],
+    ids=["whole", "whole-resized", "slide", "multi-scale-flip"],
+)
+def test_class_map_fast_path_matches_argmax_of_scores(cfg: InferenceConfig) -> None:
+    """predict_classes = predict_logits(...).argmax(1) except at near-ties (tolerance 1e-4 on
+    the reference's fp32 scores); measured on a random-init B0: no pixel differs here."""
+    from segformer.inference import predict_classes
+    from segformer.models import SegFormer
+
+    torch.manual_seed(0)
+    model = SegFormer("b0", num_classes=7).eval()
+    images = torch.randn(2, 3, 90, 118)
+    with torch.no_grad():
+        scores = predict_logits(model, images, cfg, (90, 118))
+        fast = predict_classes(model, images, cfg, (90, 118))
+    assert fast.shape == (2, 90, 118) and fast.dtype == torch.int64
+    _near_ties(scores, fast, scores.argmax(1), tol=1e-4)
+
+
+def test_class_map_of_any_module_without_forward_logits() -> None:
+    from segformer.inference import predict_classes
+
+    model, images = Recorder(context=True), torch.randn(1, 3, 64, 80)
+    cfg = InferenceConfig()
+    with torch.no_grad():
+        assert torch.equal(
+            predict_classes(model, images, cfg), predict_logits(model, images, cfg).argmax(1)
+        )

@@ -58,7 +58,8 @@ def image_dir(tmp_path: Path) -> Path:
 
 
 def run_predict(tmp_path: Path, overrides: list[str]) -> Path:
-    return predict(compose_config("predict", overrides, root=tmp_path))
+    # fp32 whatever this CPU has, so outputs compare exactly with segment() below
+    return predict(compose_config("predict", ["precision=32-true", *overrides], root=tmp_path))
 
 
 def test_predict_folder_with_data_palette(tmp_path, lightning_ckpt, image_dir):

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from segformer.metrics import save_confusion_matrix_png
 from segformer.models import SegFormer
 from segformer.module import SegFormerModule
+from segformer.precision import cpu_class, resolve_precision
 from segformer.utils import (
     CONFIG_DIR,
     instantiate_dict,
@@ -75,8 +76,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
         model=net,
     )
+    precision, reason = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
+    print(f"precision {precision}: {reason}")
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        precision=precision,
         callbacks=[RichProgressBar()],
         logger=instantiate_dict(cfg.get("logger")) or False,
     )
@@ -96,6 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "checkpoint": str(cfg.ckpt_path),
             "split": cfg.split,
             "inference": OmegaConf.to_container(cfg.inference, resolve=True),
+            "precision": {"precision": precision, "reason": reason, "cpu_class": cpu_class()},
             **metrics,
             "per_class": per_class,
         }

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from segformer.data.transforms import normalize
-from segformer.models.upsample import resize_bilinear
+from segformer.models.upsample import resize_bilinear, upsample_argmax
 from segformer.sizes import pair
 
 Size = tuple[int, int]
@@ -191,10 +191,35 @@ def predict_logits(
     return multi_scale_inference(model, images, cfg, out_size)
 
 
+def predict_classes(
+    model: nn.Module, images: Tensor, cfg: InferenceConfig, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Class map (B, *out_size) int64: ``predict_logits(...).argmax(1)``, but without the
+    full-size logits where the mode allows it.
+
+    Whole-image inference at one scale without flip on a model with ``forward_logits`` (the
+    H/4 logits, as SegFormer) takes the class-map path of ``SegFormer.predict``: the final
+    bilinear upsample and the argmax only evaluate candidate classes (``upsample_argmax``), and
+    equal the reference except at near-ties (exact ties of two upsampled logits). When the image
+    was resized first, the logits are brought to the resized input's size as mmseg does, and the
+    last resize to ``out_size`` is the fused one. Sliding windows and multi-scale / flip averages
+    need the full-size scores and use ``predict_logits``.
+    """
+    out_size = tuple(out_size or images.shape[-2:])
+    one_pass = len(cfg.scales) == 1 and not cfg.flip
+    if not (one_pass and cfg.mode == "whole" and hasattr(model, "forward_logits")):
+        return predict_logits(model, images, cfg, out_size).argmax(1)
+    size = resized_shape(images.shape[-2:], cfg.scale, cfg.align, cfg.scales[0])
+    logits = model.forward_logits(resize_bilinear(images, size))  # (B, K, h/4, w/4)
+    if size != out_size:  # mmseg: logits to the resized input first, then to the label size
+        logits = resize_bilinear(logits, size)
+    return upsample_argmax(logits, out_size)
+
+
 @torch.inference_mode()
 def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
     """Class maps (B, H, W) int64 for uint8 RGB images (B, H, W, 3) of one size, on the model's
     device, in any inference mode (default: whole image at its own size)."""
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
-    return predict_logits(model, x, cfg or InferenceConfig()).argmax(1).cpu().numpy()
+    return predict_classes(model, x, cfg or InferenceConfig()).cpu().numpy()

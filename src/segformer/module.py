@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
-from segformer.inference import InferenceConfig, predict_logits
+from segformer.inference import InferenceConfig, predict_classes
 from segformer.metrics import SegmentationMetrics, metrics_table
 from segformer.models import SegFormer, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
@@ -82,6 +82,7 @@ class SegFormerModule(L.LightningModule):
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.best_miou = -math.inf
+        self.run_plan: dict[str, Any] | None = None  # set by segformer-train (train.plan_run)
         self.last_results: dict[str, dict[str, torch.Tensor]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,6 +152,8 @@ class SegFormerModule(L.LightningModule):
         checkpoint["rng_state"] = rng
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
         checkpoint["best_miou"] = self.best_miou
+        if self.run_plan is not None:  # precision and budgeted steps: a resume keeps them
+            checkpoint["run_plan"] = self.run_plan
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng = checkpoint.get("rng_state")
@@ -168,10 +171,7 @@ class SegFormerModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> torch.Tensor:
         masks = batch["mask"]
-        logits = predict_logits(
-            self.model, batch["image"], self.inference, out_size=masks.shape[-2:]
-        )
-        preds = logits.argmax(1)
+        preds = predict_classes(self.model, batch["image"], self.inference, masks.shape[-2:])
         metrics.update(preds, masks)
         return preds
 

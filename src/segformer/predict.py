@@ -40,6 +40,7 @@ from segformer.data.reading import read_image
 from segformer.inference import InferenceConfig, segment
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names
+from segformer.precision import resolve_precision
 from segformer.utils import CONFIG_DIR, print_config, register_resolvers
 from segformer.visualize import colorize, overlay
 
@@ -181,6 +182,8 @@ def predict(cfg: DictConfig) -> Path:
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     model = SegFormer.from_pretrained(ckpt_path).to(device)
+    precision, reason = resolve_precision(cfg.precision, device.type)
+    bf16 = precision.startswith("bf16")
     if model.num_classes > 256:
         raise ValueError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
     names, palette = class_metadata(cfg, ckpt_path, model.num_classes)
@@ -202,13 +205,15 @@ def predict(cfg: DictConfig) -> Path:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
+        console.print(f"precision {precision}: {reason}")
         task = progress.add_task(f"segmenting on {device}", total=len(images))
         for batch in size_batches(sizes, cfg.batch_size):
             loaded = [read_image(path) for path in batch]
             # the header size may disagree with the decoded one (EXIF): regroup by real shape
             for shape in dict.fromkeys(im.shape for im in loaded):
                 group = [(p, im) for p, im in zip(batch, loaded, strict=True) if im.shape == shape]
-                preds = segment(model, np.stack([im for _, im in group]), inference)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    preds = segment(model, np.stack([im for _, im in group]), inference)
                 for (path, image), pred in zip(group, preds, strict=True):
                     targets[path].parent.mkdir(parents=True, exist_ok=True)
                     write_prediction(

@@ -10,14 +10,24 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from segformer.budget import (
+    StepTimer,
+    checkpoint_seconds,
+    plan_budget,
+    seconds_since_start,
+    validation_seconds,
+)
+from segformer.precision import cpu_class, cpu_info, resolve_precision
 from segformer.utils import (
     CONFIG_DIR,
     build_module,
@@ -41,8 +51,87 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(output_dir / "checkpoints" / "last.ckpt")
 
 
+def _device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def plan_run(
+    cfg: DictConfig, module: Any, datamodule: Any, ckpt_path: str | None
+) -> dict[str, Any]:
+    """Precision (``trainer.precision=auto``) and, with ``budget.minutes``, the step count and
+    validation interval that fit the budget; a resumed run keeps the plan of its checkpoint."""
+    stored = {}
+    if ckpt_path is not None and Path(ckpt_path).is_file():
+        stored = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get(
+            "run_plan", {}
+        )
+    budget = cfg.get("budget") or {}
+    accelerator, precision = str(cfg.trainer.accelerator), cfg.trainer.precision
+    device = _device(accelerator)
+    if stored.get("precision") and str(precision) == "auto":
+        precision, reason = stored["precision"], "the resumed run's"
+        precision_reason = f"{stored.get('precision_reason', '')} ({reason})"
+    else:
+        precision_reason = None
+    timer = None
+    wants_budget = budget.get("minutes") and not stored.get("budget")
+    if wants_budget and (cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1):
+        raise ValueError(
+            "budget.minutes plans one device's run; with several devices or nodes set "
+            "trainer.max_steps instead"
+        )
+    # a measurement decides auto precision only on a CPU with bf16 units (precision.py)
+    probe_precision = str(precision) == "auto" and device.type == "cpu" and "+" in cpu_class()
+    if wants_budget or probe_precision:
+        timer = StepTimer(module, datamodule, device)  # real steps on real batches
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else None):
+        if precision_reason is None:
+            probe = timer.step if timer is not None else None
+            precision, precision_reason = resolve_precision(precision, accelerator, probe)
+        plan: dict[str, Any] = {"precision": precision, "precision_reason": precision_reason}
+        if stored.get("budget"):
+            plan["budget"] = stored["budget"]
+        elif wants_budget:
+            bf16 = precision.startswith("bf16")
+            step = timer.median_step(bf16)
+            limit = cfg.trainer.get("limit_val_batches")
+            val, per_batch = validation_seconds(module, datamodule, device, bf16, limit)
+            every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")
+            plan["budget"] = plan_budget(
+                minutes=float(budget.minutes),
+                elapsed=seconds_since_start(),
+                step_seconds=step,
+                validation_seconds=val,
+                checkpoint_seconds=checkpoint_seconds(module),
+                validations=int(budget.get("validations", 4)),
+                max_steps=int(cfg.trainer.max_steps),
+                checkpoint_every=every,
+                sanity_seconds=per_batch * int(cfg.trainer.get("num_sanity_val_steps") or 0),
+            ).as_dict()
+    del timer  # its loader workers and model copy
+    return plan
+
+
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+
+
+@rank_zero_only
+def _report_plan(plan: dict[str, Any], output_dir: Path) -> None:
+    """Say how the run was fixed and why, and keep it with the machine in the run directory."""
+    rank_zero_info(f"precision {plan['precision']}: {plan['precision_reason']}")
+    if "budget" in plan:
+        b = plan["budget"]
+        rank_zero_info(
+            f"budget {b['minutes']:g} min: {b['max_steps']} steps at {b['step_seconds']:.3f} s, "
+            f"validation every {b['val_check_interval']} steps ({b['validation_seconds']:.1f} s "
+            f"each), planned {b['calibrated_at_seconds']:.0f} s after start-up"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {**plan, "cpu_class": cpu_class(), "cpu": cpu_info()}
+    (output_dir / "run_plan.json").write_text(json.dumps(record, indent=2))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -56,11 +145,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
+    plan = plan_run(cfg, module, datamodule, ckpt_path)
+    module.run_plan = plan
+    fixed: dict[str, Any] = {"precision": plan["precision"]}
+    if "budget" in plan:
+        fixed.update(
+            max_steps=plan["budget"]["max_steps"],
+            val_check_interval=plan["budget"]["val_check_interval"],
+        )
+    _report_plan(plan, output_dir)
+
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        **fixed,
         callbacks=callbacks,
         logger=instantiate_loggers(cfg.get("logger"), output_dir) or False,
     )

@@ -1,0 +1,80 @@
+"""budget.minutes: a calibrated step count that fits the time, kept by a resumed run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY
+
+from segformer.budget import plan_budget, seconds_since_start
+
+
+def test_plan_fits_steps_and_validations_into_the_budget() -> None:
+    plan = plan_budget(
+        minutes=5,
+        elapsed=20.0,
+        step_seconds=0.2,
+        validation_seconds=6.0,
+        checkpoint_seconds=0.1,
+        validations=4,
+        max_steps=100_000,
+    )
+    # (300 - 20) * 0.97 - 4 * (6 + 0.2 + 1) - 0.1 = 242.7 s -> 1213 steps -> 4 x 303
+    assert (plan.max_steps, plan.val_check_interval) == (1212, 303)
+    used = 20 + plan.max_steps * 0.2 + 4 * plan.validation_seconds
+    assert used <= 300
+
+
+def test_plan_caps_at_max_steps_and_refuses_a_budget_too_small() -> None:
+    plan = plan_budget(60, 10.0, 0.5, 30.0, 0.2, validations=8, max_steps=4000)
+    assert (plan.max_steps, plan.val_check_interval) == (4000, 500)
+    with pytest.raises(ValueError, match=r"budget.minutes=0.5 leaves .* Raise budget.minutes"):
+        plan_budget(0.5, 25.0, 1.0, 10.0, 0.2, validations=4, max_steps=1000)
+
+
+def test_seconds_since_start_counts_from_process_start() -> None:
+    # this test process started (interpreter, imports, earlier tests) before this line
+    assert seconds_since_start() > 0.5
+
+
+BUDGET_RUN = [o for o in TINY if not o.startswith(("trainer.max_steps", "budget.", "data.num_t", "data.num_v"))]
+
+
+@pytest.mark.slow
+def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
+    """The real command with a 40 s budget and no step limit to speak of: it plans, runs the
+    planned steps with the planned validations, and is done (process exit) within the budget."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "segformer.train",
+        f"paths.root_dir={tmp_path}",
+        *BUDGET_RUN,
+        "data.num_train=64",
+        "data.num_val=8",
+        "budget.minutes=0.67",
+        "budget.validations=2",
+        "trainer.max_steps=100000",
+        "callbacks.rich_progress_bar=null",
+        "run_name=budget",
+    ]
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = next((tmp_path / "logs" / "train" / "budget").iterdir())
+    plan = json.loads((run / "run_plan.json").read_text())["budget"]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert ckpt["global_step"] == plan["max_steps"] == 2 * plan["val_check_interval"]
+    assert ckpt["run_plan"]["budget"] == plan
+    assert plan["max_steps"] > 20  # the budget, not a tiny cap, decided
+    # a little slack for process exit; a machine busy with other work breaks any such promise
+    assert wall <= 0.67 * 60 * 1.1, f"took {wall:.1f} s for a 40 s budget ({plan})"
+    curve = json.loads((run / "learning_curve.json").read_text())["val_mIoU"]
+    assert [step for step, _ in curve] == [plan["val_check_interval"], plan["max_steps"]]

@@ -1,0 +1,67 @@
+"""precision=auto: bf16 only where it is faster here, decided on the real CPU (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import compose_train
+
+from segformer.precision import choose_precision, cpu_class, cpu_info, resolve_precision
+from segformer.train import train
+
+CHOOSE = "from segformer.precision import choose_precision, cpu_class; print(cpu_class()); print(choose_precision('cpu')[0])"
+
+
+def _choose_in(env: dict[str, str]) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHOOSE],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return out.stdout.split("\n")[:2]
+
+
+@pytest.mark.slow
+def test_auto_is_fp32_when_dispatch_is_limited_to_avx2() -> None:
+    """As on an AVX2-only CPU (or this one restricted to AVX2, as the README's rows): no native
+    bf16, so fp32 without measuring."""
+    cls, precision = _choose_in({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert cls == "AVX2"
+    assert precision == "32-true"
+
+
+@pytest.mark.slow
+def test_auto_measures_when_only_onednn_is_limited() -> None:
+    """ATen at AVX512 but oneDNN held to AVX2: the bf16 units exist yet are not used, and the
+    measurement (not the flags) finds bf16 slower: fp32. On a CPU without bf16 units the flags
+    decide, also fp32."""
+    _, precision = _choose_in({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert precision == "32-true"
+
+
+def test_explicit_precision_wins_and_the_reason_is_given() -> None:
+    assert resolve_precision("bf16-mixed") == ("bf16-mixed", "set explicitly")
+    assert resolve_precision("32-true", "cpu") == ("32-true", "set explicitly")
+    info = cpu_info()
+    assert {"model", "flags", "capability", "threads"} <= set(info)
+    if "+" not in cpu_class():  # no bf16 units: decided by the flags alone
+        precision, reason = choose_precision("cpu")
+        assert precision == "32-true" and "bf16 would be emulated" in reason
+
+
+@pytest.mark.slow
+def test_train_records_the_choice_and_the_machine(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["trainer.precision=auto"])
+    train(cfg)
+    plan = json.loads((Path(cfg.paths.output_dir) / "run_plan.json").read_text())
+    assert plan["precision"] in ("32-true", "bf16-mixed")
+    assert plan["precision_reason"].startswith("CPU ")
+    assert plan["cpu_class"] == cpu_class() and plan["cpu"]["capability"]
