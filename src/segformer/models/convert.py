@@ -14,6 +14,9 @@ Formats are detected from the keys (``backbone.`` prefixes are dropped):
 - mmseg: mmsegmentation (``layers.0.1.0.attn.attn.in_proj_weight``), encoder only: mmseg's
   decode head (per-stage ConvModule + BN) is not the paper's
 
+Every path may also be a Hugging Face Hub repo id (``owner/name[@revision]``), resolved to the
+cached snapshot by ``hub.resolve_checkpoint``.
+
 Loading never unpickles code: ``torch.load(weights_only=True)`` or safetensors.
 """
 
@@ -31,6 +34,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from segformer.models.hub import resolve_checkpoint
 from segformer.models.mit import MIT_VARIANTS, MixTransformer
 
 # LayerNorm eps preset of the code each source was trained with (ours: the constructor default,
@@ -140,8 +144,12 @@ class Checkpoint:
     num_classes: int | None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read, detect the format, convert the keys and infer the variant (see module docstring)."""
+def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
+    """Read, detect the format, convert the keys and infer the variant (see module docstring).
+
+    ``path``: a file, a transformers folder or a Hub repo id (``revision``: its branch, tag or
+    commit; ``owner/name@revision`` works too)."""
+    path = resolve_checkpoint(path, revision)
     state, container = _read_file(Path(path))
     source = "lightning" if "pytorch-lightning_version" in container else _detect(state, path)
     if source == "mmseg" and any(k.startswith("decode_head.") for k in state):
@@ -169,9 +177,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def load_encoder_weights(encoder: MixTransformer, path: str | Path) -> None:
-    """Load the encoder part of any supported checkpoint (e.g. ImageNet ``mit_b2.pth``)."""
-    ckpt = read_checkpoint(path)
+def load_encoder_weights(
+    encoder: MixTransformer, path: str | Path, revision: str | None = None
+) -> None:
+    """Load the encoder part of any supported checkpoint (e.g. ImageNet ``mit_b2.pth``, or a Hub
+    repo id such as ``nvidia/mit-b0``)."""
+    ckpt = read_checkpoint(path, revision)
     if (encoder.embed_dims, encoder.depths) != _encoder_shape(ckpt.state_dict, path):
         mine = _variant_of(encoder.embed_dims, encoder.depths, "the encoder")
         raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, the encoder is MiT-{mine}")
@@ -337,9 +348,10 @@ def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path
     raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
 
 
-def checkpoint_class_names(path: Path) -> list[str] | None:
+def checkpoint_class_names(path: str | Path, revision: str | None = None) -> list[str] | None:
     """Class names stored with the weights: our Lightning hyper-parameters or transformers'
-    config.json id2label; None for bare state dicts."""
+    config.json id2label; None for bare state dicts. ``path`` may be a Hub repo id."""
+    path = resolve_checkpoint(path, revision)
     if path.is_dir():
         labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
         return [labels[str(i)] for i in range(len(labels))] if labels else None

@@ -76,9 +76,15 @@ class SegFormer(nn.Module):
         path: str | Path,
         num_classes: int | None = None,
         variant: str | None = None,
+        revision: str | None = None,
         **kwargs: Any,
     ) -> SegFormer:
         """Load any supported checkpoint (format auto-detected, see ``convert.py``), in eval mode.
+
+        ``path``: a file, a transformers folder, or a Hugging Face Hub repo id such as
+        ``nvidia/segformer-b0-finetuned-ade-512-512`` (``revision``: branch, tag or commit, or
+        ``owner/name@revision``), fetched into / read from the Hub cache (``HF_HUB_OFFLINE=1``:
+        the cache only).
 
         The variant and decoder width come from the weights; ``variant`` only checks them.
         Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
@@ -86,7 +92,7 @@ class SegFormer(nn.Module):
         warning). The LayerNorm eps preset follows the source of the weights unless ``ln_eps``
         is given. Other ``kwargs`` go to the constructor.
         """
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, revision)
         if variant is not None and variant != ckpt.variant:
             raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, not {variant} as asked")
         if ckpt.decoder_dim is not None:
