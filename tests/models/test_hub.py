@@ -132,7 +132,7 @@ def test_without_huggingface_hub(hub_cache, monkeypatch):
         (
             "nvidia/segformer-b2-finetuned-ade-512-512@refs/pr/1",
             ("nvidia/segformer-b2-finetuned-ade-512-512", "refs/pr/1"),
-        ),  # noqa: E501
+        ),
         ("acme/seg@v1.0", ("acme/seg", "v1.0")),
         ("pretrained/mit_b0.pth", None),  # a missing local file stays a missing local file
         ("weights/model.safetensors", None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segformer.models.convert import load_exact, read_checkpoint
+from segformer.models.convert import load_exact, read_checkpoint, save_transformers
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MIT_VARIANTS, MixTransformer
 from segformer.models.upsample import upsample_argmax
@@ -117,3 +118,12 @@ class SegFormer(nn.Module):
             expected = {k for k in expected if not k.startswith("head.classifier.")}
         load_exact(model, state, expected, path)
         return model.eval()
+
+    def save_pretrained_transformers(
+        self, folder: str | Path, class_names: Sequence[str] | None = None
+    ) -> Path:
+        """Write ``folder`` (config.json with id2label/label2id + model.safetensors) for
+        transformers' ``SegformerForSemanticSegmentation.from_pretrained``; ``from_pretrained``
+        here reads it back. Logits match transformers exactly with ``ln_eps="hf"`` (its LayerNorm
+        eps); other presets warn. Class names default to transformers' ``LABEL_i``."""
+        return save_transformers(self, folder, class_names)
