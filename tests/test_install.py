@@ -62,6 +62,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_wheel_install_runs_from_anywhere(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", reason="builds the wheel without network (no isolation)")
     source, dist, venv, work = (tmp_path / d for d in ("src", "dist", "venv", "work"))
     copy_checkout(source)
     assert (source / "src" / "segformer" / "configs").is_symlink()
