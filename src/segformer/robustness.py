@@ -253,6 +253,10 @@ def save_report_png(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _no_report(*args: Any, **kwargs: Any) -> None:
+    """Stands in for the module's per-class report (a function, so the module still pickles)."""
+
+
 def evaluate_robustness(
     cfg: Any, trainer: Any, module: Any, datamodule: Any, output_dir: Path
 ) -> dict[str, Any]:
@@ -272,7 +276,7 @@ def evaluate_robustness(
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     # one per-class table per corruption x severity would flood the terminal: the summary
     # table below replaces them
-    module._report = lambda *args, **kwargs: None
+    module._report = _no_report
     console = Console()
 
     def evaluate(dataloader: DataLoader, what: str) -> float:
