@@ -5,7 +5,10 @@
 
 PYTHON ?= .venv/bin/python
 TORCH_CPU ?= torch==2.13.0
-EXTRAS ?= dev,hf,onnx,sweep
+EXTRAS ?= dev,hf,onnx,sweep,robustness
+# the reference image corruptions (robustness extra), without its opencv-python dependency, which
+# would overwrite opencv-python-headless's cv2 module
+CORRUPTIONS ?= imagecorruptions-imaug>=1.1.5
 ARGS ?=
 STAMP := .venv/.installed
 
@@ -21,6 +24,7 @@ help: ## show this help
 $(STAMP): pyproject.toml | .venv/bin/python
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_CPU)"
 	$(PYTHON) -m pip install -q -e ".[$(EXTRAS)]"
+	$(if $(findstring robustness,$(EXTRAS)),$(PYTHON) -m pip install -q --no-deps "$(CORRUPTIONS)")
 	@touch $@
 
 install: $(STAMP) ## create .venv and install the project with its extras

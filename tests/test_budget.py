@@ -43,7 +43,11 @@ def test_seconds_since_start_counts_from_process_start() -> None:
     assert seconds_since_start() > 0.5
 
 
-BUDGET_RUN = [o for o in TINY if not o.startswith(("trainer.max_steps", "budget.", "data.num_t", "data.num_v"))]
+BUDGET_RUN = [
+    o
+    for o in TINY
+    if not o.startswith(("trainer.max_steps", "budget.", "data.num_t", "data.num_v"))
+]
 
 
 @pytest.mark.slow

@@ -14,7 +14,10 @@ from helpers import compose_train
 from segformer.precision import choose_precision, cpu_class, cpu_info, resolve_precision
 from segformer.train import train
 
-CHOOSE = "from segformer.precision import choose_precision, cpu_class; print(cpu_class()); print(choose_precision('cpu')[0])"
+CHOOSE = (
+    "from segformer.precision import choose_precision, cpu_class; "
+    "print(cpu_class()); print(choose_precision('cpu')[0])"
+)
 
 
 def _choose_in(env: dict[str, str]) -> list[str]:

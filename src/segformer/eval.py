@@ -84,6 +84,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         callbacks=[RichProgressBar()],
         logger=instantiate_dict(cfg.get("logger")) or False,
     )
+    if cfg.get("corruption"):  # robustness to image corruptions (paper Table 5): robustness.py
+        from segformer.robustness import evaluate_robustness
+
+        report = evaluate_robustness(cfg, trainer, module, datamodule, output_dir)
+        return {"clean_mIoU": report["clean"], "corrupted_mIoU": report["mean"]}
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(module, datamodule=datamodule)
 

@@ -1,8 +1,10 @@
 """segformer-export: a checkpoint to ONNX with dynamic batch, height and width, verified with
-onnxruntime against PyTorch before the command succeeds.
+onnxruntime against PyTorch before the command succeeds; or (format=transformers) to a folder
+that transformers' SegformerForSemanticSegmentation.from_pretrained loads, verified with it.
 
     segformer-export ckpt_path=logs/train/synthetic_b0/<run>/checkpoints/last.ckpt output=model.onnx
     segformer-export pretrained=segformer-b2-ade/ output=b2.onnx height=512 width=512 classes=true
+    segformer-export ckpt_path=last.ckpt format=transformers output=segformer-b0-synthetic/
 
 Input "image": float32 (B, 3, H, W), RGB scaled to [0, 1] then ImageNet-normalised (mean/std in
 the model metadata). Output "logits": float32 (B, K, H, W) at the input size, or with
@@ -19,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-import onnx
-import onnxruntime as ort
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -53,6 +53,8 @@ def export_onnx(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write ``model`` (eval mode) as ONNX with dynamic batch, height and width."""
+    import onnx  # the onnx extra; format=transformers does without it
+
     model.eval()  # eval: BatchNorm folds into the head's weights, dropout and drop-path are off
     net, name = (ClassMap(model), "classes") if classes else (model, "logits")
     axes = {0: "batch", 1 if classes else 2: "height", 2 if classes else 3: "width"}
@@ -91,6 +93,8 @@ def check_onnx(
 
     A class-map export is compared through the logits: every pixel's ONNX class must score
     within 2 * atol of the PyTorch top logit (only near-ties may differ)."""
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output = session.get_outputs()[0].name
     model = model.cpu().eval()
@@ -121,6 +125,11 @@ def export(cfg: DictConfig) -> list[float]:
     """Export ``cfg.ckpt_path`` to ``cfg.output`` and check it; returns the max abs differences."""
     if cfg.get("ckpt_path") is None:
         raise ValueError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
+    fmt = cfg.get("format", "onnx")
+    if fmt == "transformers":
+        return export_transformers_folder(cfg)
+    if fmt != "onnx":
+        raise ValueError(f"format={fmt!r}; expected 'onnx' or 'transformers'")
     print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
     ckpt_path, output = Path(cfg.ckpt_path).expanduser(), Path(cfg.output).expanduser()
     model = SegFormer.from_pretrained(ckpt_path)
@@ -141,6 +150,67 @@ def export(cfg: DictConfig) -> list[float]:
     for shape, diff in zip(shapes, diffs, strict=True):
         print(f"onnxruntime vs PyTorch at {tuple(shape)}: {what} {diff:.2e} (atol {cfg.atol:g})")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return diffs
+
+
+@torch.no_grad()
+def check_transformers(
+    folder: str | Path, shapes: Sequence[Sequence[int]], atol: float = 1e-4, seed: int = 0
+) -> list[float]:
+    """Load ``folder`` with transformers' SegformerForSemanticSegmentation and with
+    ``SegFormer.from_pretrained``; returns their max abs H/4 logit difference per (B, 3, H, W)
+    ``shapes``, raises above ``atol``."""
+    from transformers import SegformerForSemanticSegmentation
+
+    theirs = SegformerForSemanticSegmentation.from_pretrained(str(folder)).eval()
+    ours = SegFormer.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    diffs = []
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        diff = float((theirs(pixel_values=x).logits - ours.forward_logits(x)).abs().max())
+        if not diff <= atol:  # NaN fails too
+            raise RuntimeError(
+                f"{folder}: transformers differs from PyTorch at input {tuple(shape)}: "
+                f"max abs difference {diff:.3g} > atol {atol:g}"
+            )
+        diffs.append(diff)
+    return diffs
+
+
+def export_transformers_folder(cfg: DictConfig) -> list[float]:
+    """format=transformers: ``cfg.output`` becomes a folder (config.json + model.safetensors)
+    for ``SegformerForSemanticSegmentation.from_pretrained``, checked with transformers when it
+    is installed; returns the max abs logit differences (empty when not checked)."""
+    output = Path(cfg.output).expanduser()
+    if output.suffix == ".onnx" or output.is_file():
+        raise ValueError(
+            f"format=transformers writes a folder (config.json + model.safetensors): set "
+            f"output=DIR (got output={cfg.output})"
+        )
+    print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
+    ckpt_path = cfg.ckpt_path
+    model = SegFormer.from_pretrained(ckpt_path)
+    model.save_pretrained_transformers(output, checkpoint_class_names(ckpt_path))
+    shapes = [(1, 3, cfg.height, cfg.width), (2, 3, *cfg.check_size)]
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print(f"wrote {output}; not checked: transformers is not installed (the 'hf' extra)")
+        return []
+    diffs = check_transformers(output, shapes, cfg.atol)
+    generator = torch.Generator().manual_seed(0)
+    reread = SegFormer.from_pretrained(output)
+    for shape, diff in zip(shapes, diffs, strict=True):
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():  # what the LayerNorm eps of transformers changes, if anything
+            source = float((reread.forward_logits(x) - model.forward_logits(x)).abs().max())
+        print(
+            f"transformers vs PyTorch at {tuple(shape)}: max abs diff {diff:.2e} (atol "
+            f"{cfg.atol:g}); vs the source model (ln_eps_preset {model.ln_eps_preset} -> hf) "
+            f"{source:.2e}"
+        )
+    print(f"wrote {output} (config.json, model.safetensors)")
     return diffs
 
 

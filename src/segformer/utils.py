@@ -13,7 +13,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+def _config_dir() -> str:
+    """The packaged configs: ``segformer/configs`` is a copy in an installed wheel and a symlink
+    to the repo's top-level ``configs/`` in a checkout (editable installs); a checkout made
+    without symlinks (a text file in its place) falls back to ``<repo>/configs``."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "configs", package.parents[1] / "configs"):
+        if (folder / "train.yaml").is_file():
+            return str(folder)
+    raise FileNotFoundError(f"no Hydra configs (train.yaml) in {package / 'configs'}")
+
+
+CONFIG_DIR = _config_dir()
 
 
 def latest_run_dir(base: str | Path) -> Path | None:

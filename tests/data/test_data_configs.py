@@ -12,6 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 EXPECTED = {  # crop (h, w), eval mode
     "ade20k": ((512, 512), "whole"),
     "camvid": ((360, 360), "whole"),
+    "coco_stuff": ((512, 512), "whole"),
     "cityscapes": ((1024, 1024), "slide"),
     "folder": ((512, 512), "whole"),
     "synthetic": ((128, 128), "whole"),

@@ -14,6 +14,9 @@ Formats are detected from the keys (``backbone.`` prefixes are dropped):
 - mmseg: mmsegmentation (``layers.0.1.0.attn.attn.in_proj_weight``), encoder only: mmseg's
   decode head (per-stage ConvModule + BN) is not the paper's
 
+Every path may also be a Hugging Face Hub repo id (``owner/name[@revision]``), resolved to the
+cached snapshot by ``hub.resolve_checkpoint``.
+
 Loading never unpickles code: ``torch.load(weights_only=True)`` or safetensors.
 """
 
@@ -23,16 +26,21 @@ import json
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from segformer.models.hub import resolve_checkpoint
 from segformer.models.mit import MixTransformer
 from segformer.models.variants import VARIANTS
+
+if TYPE_CHECKING:
+    from segformer.models.segformer import SegFormer
 
 # LayerNorm eps preset of the code each source was trained with (ours: the constructor default,
 # unless a Lightning checkpoint's hyper-parameters say otherwise)
@@ -141,8 +149,12 @@ class Checkpoint:
     num_classes: int | None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read, detect the format, convert the keys and infer the variant (see module docstring)."""
+def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
+    """Read, detect the format, convert the keys and infer the variant (see module docstring).
+
+    ``path``: a file, a transformers folder or a Hub repo id (``revision``: its branch, tag or
+    commit; ``owner/name@revision`` works too)."""
+    path = resolve_checkpoint(path, revision)
     state, container = _read_file(Path(path))
     source = "lightning" if "pytorch-lightning_version" in container else _detect(state, path)
     if source == "mmseg" and any(k.startswith("decode_head.") for k in state):
@@ -174,9 +186,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def load_encoder_weights(encoder: MixTransformer, path: str | Path) -> None:
-    """Load the encoder part of any supported checkpoint (e.g. ImageNet ``mit_b2.pth``)."""
-    ckpt = read_checkpoint(path)
+def load_encoder_weights(
+    encoder: MixTransformer, path: str | Path, revision: str | None = None
+) -> None:
+    """Load the encoder part of any supported checkpoint (e.g. ImageNet ``mit_b2.pth``, or a Hub
+    repo id such as ``nvidia/mit-b0``)."""
+    ckpt = read_checkpoint(path, revision)
     if (encoder.embed_dims, encoder.depths) != _encoder_shape(ckpt.state_dict, path):
         mine = _variant_of(encoder.embed_dims, encoder.depths, "the encoder")
         raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, the encoder is MiT-{mine}")
@@ -342,9 +357,10 @@ def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path
     raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
 
 
-def checkpoint_class_names(path: Path) -> list[str] | None:
+def checkpoint_class_names(path: str | Path, revision: str | None = None) -> list[str] | None:
     """Class names stored with the weights: our Lightning hyper-parameters or transformers'
-    config.json id2label; None for bare state dicts."""
+    config.json id2label; None for bare state dicts. ``path`` may be a Hub repo id."""
+    path = resolve_checkpoint(path, revision)
     if path.is_dir():
         labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
         return [labels[str(i)] for i in range(len(labels))] if labels else None
@@ -353,3 +369,116 @@ def checkpoint_class_names(path: Path) -> list[str] | None:
         names = ckpt.get("hyper_parameters", {}).get("class_names")
         return list(names) if names else None
     return None
+
+
+# --- writing the transformers layout --------------------------------------------------------------
+# Our key -> transformers' save_pretrained name (the 4.x names, which transformers 4 and 5 both
+# load). ``attn.kv`` becomes ``...kv`` here and is split into ``key``/``value`` afterwards.
+_OURS_B = r"encoder\.stages\.(\d)\.blocks\.(\d+)\."
+_HF_B = "segformer.encoder.block.{0}.{1}."
+_TO_HF4: Rules = [
+    (
+        r"encoder\.stages\.(\d)\.patch_embed\.proj\.(\w+)",
+        "segformer.encoder.patch_embeddings.{0}.proj.{1}",
+    ),
+    (
+        r"encoder\.stages\.(\d)\.patch_embed\.norm\.(\w+)",
+        "segformer.encoder.patch_embeddings.{0}.layer_norm.{1}",
+    ),
+    (_OURS_B + r"norm(1|2)\.(\w+)", _HF_B + "layer_norm_{2}.{3}"),
+    (_OURS_B + r"attn\.q\.(\w+)", _HF_B + "attention.self.query.{2}"),
+    (_OURS_B + r"attn\.kv\.(\w+)", _HF_B + "attention.self.kv.{2}"),
+    (_OURS_B + r"attn\.sr\.(\w+)", _HF_B + "attention.self.sr.{2}"),
+    (_OURS_B + r"attn\.sr_norm\.(\w+)", _HF_B + "attention.self.layer_norm.{2}"),
+    (_OURS_B + r"attn\.proj\.(\w+)", _HF_B + "attention.output.dense.{2}"),
+    (_OURS_B + r"ffn\.fc(1|2)\.(\w+)", _HF_B + "mlp.dense{2}.{3}"),
+    (_OURS_B + r"ffn\.dwconv\.(\w+)", _HF_B + "mlp.dwconv.dwconv.{2}"),
+    (r"encoder\.stages\.(\d)\.norm\.(\w+)", "segformer.encoder.layer_norm.{0}.{1}"),
+    (r"head\.proj\.(\d)\.(\w+)", "decode_head.linear_c.{0}.proj.{1}"),
+    (r"head\.fuse\.(\w+)", "decode_head.linear_fuse.{0}"),
+    (r"head\.bn\.(\w+)", "decode_head.batch_norm.{0}"),
+    (r"head\.classifier\.(\w+)", "decode_head.classifier.{0}"),
+]
+
+
+def transformers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our SegFormer state dict -> transformers' SegformerForSemanticSegmentation names (as its
+    save_pretrained writes them), the kv Linear split into key and value."""
+    out = {}
+    for key, value in state.items():
+        for pattern, template in _TO_HF4:
+            if m := re.fullmatch(pattern, key):
+                name = template.format(*m.groups())
+                break
+        else:
+            raise ValueError(f"no transformers name for our key {key!r}")
+        if ".attention.self.kv." in name:  # rows [0:C] key, [C:2C] value
+            key_rows, value_rows = value.chunk(2)
+            out[name.replace(".kv.", ".key.")] = key_rows
+            out[name.replace(".kv.", ".value.")] = value_rows
+        else:
+            out[name] = value
+    # own storage each (safetensors refuses shared memory), on the CPU
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}
+
+
+def transformers_config(
+    model: SegFormer, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The config.json of SegformerForSemanticSegmentation for ``model`` (a SegformerConfig's
+    fields; class names -> id2label/label2id, default transformers' ``LABEL_i``)."""
+    spec = VARIANTS[model.variant]
+    names = list(class_names) if class_names else [f"LABEL_{i}" for i in range(model.num_classes)]
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} class names for a model of {model.num_classes} classes")
+    last_block = model.encoder.stages[-1].blocks[-1]
+    return {
+        "architectures": ["SegformerForSemanticSegmentation"],
+        "model_type": "segformer",
+        "num_channels": 3,
+        "num_encoder_blocks": 4,
+        "depths": list(spec.depths),
+        "sr_ratios": list(spec.sr_ratios),
+        "hidden_sizes": list(spec.embed_dims),
+        "patch_sizes": [7, 3, 3, 3],
+        "strides": [4, 2, 2, 2],
+        "num_attention_heads": list(spec.num_heads),
+        "mlp_ratios": [last_block.ffn.fc1.out_features // last_block.ffn.fc1.in_features] * 4,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout_prob": float(model.head.dropout.p),
+        "initializer_range": 0.02,
+        "drop_path_rate": float(last_block.drop_path.p),
+        "layer_norm_eps": 1e-6,  # SegformerConfig's default; its LayerNorms use 1e-5 regardless
+        "decoder_hidden_size": int(model.head.decoder_dim),
+        "semantic_loss_ignore_index": 255,
+        "reshape_last_stage": True,
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def save_transformers(
+    model: SegFormer, folder: str | Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """Write ``folder``/config.json + model.safetensors that transformers'
+    ``SegformerForSemanticSegmentation.from_pretrained`` loads (and ``SegFormer.from_pretrained``).
+
+    transformers builds every LayerNorm with eps 1e-5 (our ``ln_eps_preset="hf"``); weights of a
+    model with another preset are written as they are and give slightly different logits there.
+    """
+    if model.ln_eps_preset != "hf":
+        warnings.warn(
+            f"the model uses LayerNorm eps preset {model.ln_eps_preset!r}; transformers uses 1e-5 "
+            "in every LayerNorm (our ln_eps_preset='hf'), so its logits differ slightly from this "
+            "model's",
+            stacklevel=2,
+        )
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = transformers_config(model, class_names)
+    state = transformers_state_dict(model.state_dict())
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

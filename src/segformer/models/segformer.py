@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from segformer.models.convert import load_exact, read_checkpoint
+from segformer.models.convert import load_exact, read_checkpoint, save_transformers
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MixTransformer
 from segformer.models.upsample import resize_bilinear, upsample_argmax
@@ -76,9 +77,15 @@ class SegFormer(nn.Module):
         path: str | Path,
         num_classes: int | None = None,
         variant: str | None = None,
+        revision: str | None = None,
         **kwargs: Any,
     ) -> SegFormer:
         """Load any supported checkpoint (format auto-detected, see ``convert.py``), in eval mode.
+
+        ``path``: a file, a transformers folder, or a Hugging Face Hub repo id such as
+        ``nvidia/segformer-b0-finetuned-ade-512-512`` (``revision``: branch, tag or commit, or
+        ``owner/name@revision``), fetched into / read from the Hub cache (``HF_HUB_OFFLINE=1``:
+        the cache only).
 
         The variant and decoder width come from the weights; ``variant`` only checks them.
         Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
@@ -86,7 +93,7 @@ class SegFormer(nn.Module):
         warning). The LayerNorm eps preset follows the source of the weights unless
         ``ln_eps_preset`` is given. Other ``kwargs`` go to the constructor.
         """
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, revision)
         if variant is not None and variant != ckpt.variant:
             raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, not {variant} as asked")
         if ckpt.decoder_dim is not None:
@@ -111,3 +118,12 @@ class SegFormer(nn.Module):
             expected = {k for k in expected if not k.startswith("head.classifier.")}
         load_exact(model, state, expected, path)
         return model.eval()
+
+    def save_pretrained_transformers(
+        self, folder: str | Path, class_names: Sequence[str] | None = None
+    ) -> Path:
+        """Write ``folder`` (config.json with id2label/label2id + model.safetensors) for
+        transformers' ``SegformerForSemanticSegmentation.from_pretrained``; ``from_pretrained``
+        here reads it back. Logits match transformers exactly with ``ln_eps_preset="hf"`` (its
+        LayerNorm eps); other presets warn. Class names default to transformers' ``LABEL_i``."""
+        return save_transformers(self, folder, class_names)
