@@ -15,7 +15,7 @@ from segformer.models import VARIANTS, SegFormer
 from segformer.utils import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-PAPER = ["ade20k", "cityscapes", "voc"]  # start from the ImageNet MiT weights
+PAPER = ["ade20k", "cityscapes", "coco_stuff", "voc"]  # start from the ImageNet MiT weights
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
         words = shlex.split(match[2].split("#")[0])
         if "-m" in words:  # multirun sweeps: their comma lists are not single configs
             continue
+        if any(w.startswith("hydra.searchpath") for w in words):  # the user's own configs
+            continue  # (composed from a user folder in tests/test_install.py)
         # placeholders such as <run> stand for a name the user fills in
         overrides = [re.sub(r"<\w+>", "x", w) for w in words if "=" in w and w[0] != "-"]
         found.append((CONFIGS[match[1]], overrides))
