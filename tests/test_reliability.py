@@ -43,17 +43,30 @@ def _last_ckpt(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+# the killed run plans with a time budget (capped at the same 24 steps, validating at 12 and 24);
+# the resumed one is given a budget far too small to plan with, so it must keep the stored plan
+BUDGETED = (["budget.minutes=5", "budget.validations=2"], ["budget.minutes=0.01"])
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("budget", [([], []), BUDGETED], ids=["steps", "budget"])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(
+    tmp_path: Path, budget: tuple[list[str], list[str]]
+) -> None:
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed with ckpt_path=last ends
     with bit-identical weights and metrics to an uninterrupted run: same samples in the same
     order from the same augmentation seeds (ResumableSampler), same dropout draws (RNG state in
     the checkpoint), same optimizer/scheduler state, same single-threaded-per-op CPU kernels.
-    Tolerance: exact (0); a resumed run repeats the same float operations in the same order."""
+    With a time budget, the calibration before fit leaves all of that untouched and the resumed
+    run continues the stored plan. Tolerance: exact (0); a resumed run repeats the same float
+    operations in the same order."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    first, resume = budget
     subprocess.run(_train_cmd(whole), check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _train_cmd(killed, *first), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 300
     while _last_ckpt(killed) is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -63,7 +76,10 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path: Path) ->
     assert 4 <= step < 24 and step % 10 != 0  # killed mid-run, resumed mid-epoch
 
     resumed = subprocess.run(
-        _train_cmd(killed, "ckpt_path=last"), capture_output=True, text=True, timeout=600
+        _train_cmd(killed, *first, *resume, "ckpt_path=last"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(_last_ckpt(whole), weights_only=True)
