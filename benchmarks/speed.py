@@ -52,6 +52,7 @@ from rich.table import Table
 
 from segformer.data.synthetic import SyntheticDataModule
 from segformer.models import VARIANTS, SegFormer, upsample_cross_entropy
+from segformer.precision import choose_precision, cpu_class, cpu_info
 
 NUM_CLASSES = 150
 IGNORE = 255
@@ -220,22 +221,24 @@ def bench_training(args: argparse.Namespace, folder: Path) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(args: argparse.Namespace) -> dict:
+    """What every time here depends on: CPU model, ISA flags, ATen's dispatch level (lowered by
+    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA to measure another CPU class), threads, versions,
+    and what precision=auto picks on this machine."""
+    cpu = cpu_info()
     info = {
-        "cpu": cpu_model(),
+        "cpu": cpu["model"],
+        "cpu_class": cpu_class(),
+        "isa_flags": cpu["flags"],
+        "cpu_capability": cpu["capability"],
+        "onednn_max_cpu_isa": cpu["onednn_max_cpu_isa"],
+        "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
         "cores": os.cpu_count(),
         "threads": args.threads,
         "device": args.device,
+        "precision_auto": dict(
+            zip(("precision", "reason"), choose_precision(args.device), strict=True)
+        ),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -280,7 +283,8 @@ def summarize(results: dict) -> dict:
 def table(results: dict, summary: dict, info: dict, size: int) -> Table:
     t = Table(
         title=f"SegFormer vs transformers {info['transformers']} at {size}x{size} "
-        f"({info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['date']})"
+        f"({info['cpu']}, {info['cpu_class']}, {info['threads']} threads, torch {info['torch']}, "
+        f"{info['date']}; precision=auto: {info['precision_auto']['precision']})"
     )
     for col in ("model", "measure", "ours", "transformers", "ours better by"):
         t.add_column(col, justify="left" if col in ("model", "measure") else "right")
