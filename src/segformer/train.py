@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segformer.budget import (
+    BudgetGuard,
     StepTimer,
     checkpoint_seconds,
     plan_budget,
@@ -92,7 +93,7 @@ def plan_run(
             precision, precision_reason = resolve_precision(precision, accelerator, probe)
         plan: dict[str, Any] = {"precision": precision, "precision_reason": precision_reason}
         if stored.get("budget"):
-            plan["budget"] = stored["budget"]
+            plan.update(budget=stored["budget"], resumed=True)
         elif wants_budget:
             bf16 = precision.startswith("bf16")
             step = timer.median_step(bf16)
@@ -158,6 +159,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if plan.get("budget") and not plan.get("resumed"):
+        callbacks.append(BudgetGuard(plan["budget"]))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **fixed,
