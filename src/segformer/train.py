@@ -11,7 +11,6 @@ import json
 import warnings
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
@@ -19,9 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from segformer.utils import (
-    CONFIG_DIR,
     build_module,
     finish_wandb,
+    hydra_cli,
     instantiate_dict,
     instantiate_loggers,
     print_config,
@@ -89,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_cli("train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
