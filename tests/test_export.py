@@ -67,6 +67,31 @@ def test_export_parity_at_two_sizes(exported, model_path):
         assert np.abs(got - ref).max() <= ATOL
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (31, 33)])
+def test_export_runs_images_smaller_than_the_network_needs(exported, model_path, size):
+    """The graph carries the model's small-image rule (edge pad to 29, crop back) with dynamic
+    amounts: thumbnails run and match PyTorch, batch 1 and 2."""
+    model = SegFormer.from_pretrained(model_path)
+    session = ort.InferenceSession(str(exported[0]), providers=["CPUExecutionProvider"])
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, *size)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        (got,) = session.run(None, {"image": x.numpy()})
+        assert got.shape == (batch, 5, *size)
+        assert np.abs(got - ref).max() <= ATOL
+
+
+def test_export_at_a_thumbnail_size(tmp_path, model_path):
+    """Exported at 7x5 (traced on a padded input) and checked by the command at 1x1; the
+    graph still runs a full-size image."""
+    overrides = [f"ckpt_path={model_path}", f"output={tmp_path / 't.onnx'}", "height=7"]
+    overrides += ["width=5", "check_size=[1,1]"]
+    assert max(export(compose_config("export", overrides, root=tmp_path))) <= ATOL
+    model = SegFormer.from_pretrained(model_path)
+    assert max(check_onnx(model, tmp_path / "t.onnx", [(1, 3, 64, 48)])) <= ATOL
+
+
 def test_export_metadata(exported):
     props = {p.key: p.value for p in onnx.load(str(exported[0])).metadata_props}
     assert (props["variant"], props["num_classes"]) == ("b0", "5")

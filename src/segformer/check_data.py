@@ -6,8 +6,9 @@
 
 Lists every unreadable, truncated, unpaired or mismatched file and every mask value outside
 [0, num_classes) that is not the ignore index, then per split the image sizes, the pixels per
-class and median-frequency class weights (a `model.class_weights=[...]` line to paste). Exit
-status 1 when any problem was found. The report is also saved as report.txt in the run directory.
+class and median-frequency class weights (a `model.class_weights=[...]` line to paste). A bad file
+is skipped (the summary counts the others) and listed again at the end; exit status 1 when any
+problem was found (strict=false: 0). The report is also saved as report.txt in the run directory.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.text import Text
 
 from segformer.data.check import check_split, print_report
-from segformer.utils import CONFIG_DIR, register_resolvers
+from segformer.utils import hydra_cli, register_resolvers
 
 register_resolvers()
 
@@ -36,15 +37,17 @@ def check_data(cfg: DictConfig) -> int:
         print_report(report, console)
         bad |= report.bad_files
     console.print(f"[red]{len(bad)} bad file(s)" if bad else "[green]no bad files")
+    for file in sorted(bad):  # once more at the end: the files to fix or remove
+        console.print(Text(f"  {file}"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     console.save_text(str(output_dir / "report.txt"))
     return len(bad)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check_data")
+@hydra_cli("check-data", config_name="check_data")
 def main(cfg: DictConfig) -> None:
-    if check_data(cfg):
+    if check_data(cfg) and cfg.get("strict", True):
         sys.exit(1)
 
 

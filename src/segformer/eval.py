@@ -5,7 +5,10 @@
         inference.mode=slide inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75,2.0] inference.flip=true
 
 The network (variant, decoder width, classes) comes from the checkpoint. Writes metrics.json
-and confusion_matrix.png into the run directory.
+and confusion_matrix.png into the run directory. An unreadable image or mask stops the command
+(exit 1) with one line naming the file, before any result is written: a metric over part of a
+split would pass for the whole (``segformer-check-data`` lists every bad file at once).
+``data.val_batch_size`` > 1 works on images of mixed sizes (metrics as with batch size 1).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -26,7 +28,7 @@ from segformer.models import SegFormer
 from segformer.module import SegFormerModule
 from segformer.precision import cpu_class, resolve_precision
 from segformer.utils import (
-    CONFIG_DIR,
+    hydra_cli,
     instantiate_dict,
     print_config,
     register_resolvers,
@@ -116,7 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra_cli("eval", config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

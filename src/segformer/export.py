@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names
-from segformer.utils import CONFIG_DIR, print_config, register_resolvers
+from segformer.utils import hydra_cli, print_config, register_resolvers
 
 register_resolvers()
 
@@ -214,7 +213,7 @@ def export_transformers_folder(cfg: DictConfig) -> list[float]:
     return diffs
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_cli("export", config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

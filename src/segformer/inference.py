@@ -96,7 +96,8 @@ def resized_shape(size: Size, scale: Scale | None, align: int | None, ratio: flo
     else:
         long, short = (math.inf, scale) if isinstance(scale, int) else scale
         factor = ratio * min(long / max(h, w), short / min(h, w))
-    h, w = int(h * factor + 0.5), int(w * factor + 0.5)  # mmcv rescale_size rounding
+    # mmcv rescale_size rounding; at least 1 pixel (a thumbnail at a ratio < 0.5)
+    h, w = max(int(h * factor + 0.5), 1), max(int(w * factor + 0.5), 1)
     if align:
         h, w = math.ceil(h / align) * align, math.ceil(w / align) * align
     return h, w

@@ -74,6 +74,10 @@ class SegFormerModule(L.LightningModule):
                 f"model.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}"
             )
         self.nonfinite_skipped = 0  # batches skipped for a NaN/inf loss (kept in checkpoints)
+        # batches without a labelled pixel (loss 0, see _count_void): this process's since the
+        # start or resume, and the sum over processes before it (kept in checkpoints)
+        self.void_batches = 0
+        self._void_batches_before = 0
         self._nonfinite_in_a_row = 0
         self._resume_rng: dict[str, Any] | None = None
         self.inference = InferenceConfig(
@@ -92,9 +96,10 @@ class SegFormerModule(L.LightningModule):
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """CE of the H/4 logits upsampled (bilinear) to the label size, averaged over valid
         pixels (weighted by ``class_weights`` when given), in fp32 even under mixed precision:
-        exactly F.cross_entropy(F.interpolate(...), weight=class_weights). On the CPU it runs in
-        row bands, so the full-resolution logits never exist there; on other devices ATen's
-        fused interpolate + cross-entropy are faster (see ``models/upsample.py``)."""
+        exactly F.cross_entropy(F.interpolate(...), weight=class_weights), but 0 (with zero
+        gradients) for a batch without a labelled pixel (models/valid_pixels.py). On the CPU it
+        runs in row bands, so the full-resolution logits never exist there; on other devices
+        ATen's fused interpolate + cross-entropy are faster (see ``models/upsample.py``)."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return upsample_cross_entropy(
                 logits.float(), masks, self.hparams.ignore_index, self.class_weight
@@ -111,8 +116,26 @@ class SegFormerModule(L.LightningModule):
                 buffer.copy_(saved)
             return self._nonfinite(loss, batch)
         self._nonfinite_in_a_row = 0
+        self._count_void(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def _count_void(self, batch: dict[str, Any]) -> None:
+        """A batch whose pixels are all ignore_index (void-only crops, unlabelled images) is
+        valid data, not an error: its loss is 0 with zero gradients, still in the graph, so the
+        step (and a DDP all-reduce) runs as usual. Counted and logged; the first one printed.
+        Checked after the loss, whose finiteness check has synchronised already."""
+        if (batch["mask"] != self.hparams.ignore_index).any():
+            return
+        self.void_batches += 1
+        if self.void_batches == 1:
+            names = ", ".join(batch["name"][:4]) + (", ..." if len(batch["name"]) > 4 else "")
+            self.print(
+                f"step {self.global_step}: every pixel of the batch ({names}) is ignore_index "
+                f"{self.hparams.ignore_index}: loss 0; such batches count as train/void_batches"
+            )
+        # this process's view; the checkpoint holds the sum over processes
+        self.log("train/void_batches", float(self._void_batches_before + self.void_batches))
 
     def _nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         """A NaN/inf loss never trains the model: stop with the batch named, or (policy
@@ -151,15 +174,49 @@ class SegFormerModule(L.LightningModule):
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["rng_state"] = rng
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        checkpoint["void_batches"] = self._total_void_batches()
         checkpoint["best_miou"] = self.best_miou
         if self.run_plan is not None:  # precision and budgeted steps: a resume keeps them
             checkpoint["run_plan"] = self.run_plan
 
+    def _total_void_batches(self) -> int:
+        """Void batches of the whole run, summed over processes: every process saves (Lightning
+        dumps the checkpoint on all ranks, rank 0 writes it), so the reduce is collective."""
+        local = torch.tensor(float(self.void_batches), device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            local = self.trainer.strategy.reduce(local, reduce_op="sum")
+        return self._void_batches_before + int(local.item())
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_network(checkpoint)
+        self._void_batches_before, self.void_batches = checkpoint.get("void_batches", 0), 0
         self._resume_rng = checkpoint.get("rng_state")
         self.nonfinite_skipped = checkpoint.get("nonfinite_skipped", 0)
         # the best validation mIoU of the whole run, not only of the resumed part
         self.best_miou = checkpoint.get("best_miou", -math.inf)
+
+    def _check_network(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming (or testing) a checkpoint of another network: one line naming both values,
+        before Lightning's state-dict size-mismatch dump. Runs before the weights are loaded."""
+        weight = checkpoint.get("state_dict", {}).get("model.head.classifier.weight")
+        theirs = {"variant": checkpoint.get("hyper_parameters", {}).get("variant")}
+        if weight is not None:  # (K, E, 1, 1): the classes and the decoder width
+            theirs.update(num_classes=weight.shape[0], decoder_dim=weight.shape[1])
+        ours = {
+            "variant": self.model.variant,
+            "num_classes": self.model.num_classes,
+            "decoder_dim": self.model.head.decoder_dim,
+        }
+        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
+        if differ:
+            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+            both = ", ".join(
+                f"{k}={theirs[k]} in the checkpoint but {ours[k]} in the config" for k in differ
+            )
+            raise ValueError(
+                f"{path}: {both}; resume with the run's own data and model settings, or start "
+                "a new run (ckpt_path=null) to train another network"
+            )
 
     def on_train_start(self) -> None:
         # restored here, after the sanity validation, right before the first training batch
@@ -170,9 +227,27 @@ class SegFormerModule(L.LightningModule):
             self._resume_rng = None
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> torch.Tensor:
+        if "image_size" in batch:  # samples of different sizes, padded by data/collate.py
+            return self._eval_mixed(batch, metrics)
         masks = batch["mask"]
         preds = predict_classes(self.model, batch["image"], self.inference, masks.shape[-2:])
         metrics.update(preds, masks)
+        return preds
+
+    def _eval_mixed(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> torch.Tensor:
+        """A padded batch of mixed sizes: each image runs at its own size (with those of the same
+        size), never with padding, so the metrics equal those of batch size 1. Returns the
+        padded class maps, ignore_index outside each image."""
+        preds = torch.full_like(batch["mask"], self.hparams.ignore_index)
+        sizes = torch.cat([batch["image_size"], batch["mask_size"]], 1).tolist()
+        for size in dict.fromkeys(map(tuple, sizes)):
+            (h, w), (mh, mw) = size[:2], size[2:]
+            index = torch.tensor([i for i, s in enumerate(sizes) if tuple(s) == size])
+            index = index.to(preds.device)
+            masks = batch["mask"][index, :mh, :mw]
+            images = batch["image"][index, :, :h, :w]
+            preds[index, :mh, :mw] = predict_classes(self.model, images, self.inference, (mh, mw))
+            metrics.update(preds[index, :mh, :mw], masks)
         return preds
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -96,9 +96,11 @@ def bf16_speedup(probe: Probe = inference_probe, repeats: int = 3) -> float:
     """fp32 time / bf16-autocast time of ``probe`` (best of ``repeats`` after a warm-up each)."""
     with torch.random.fork_rng():  # leaves the caller's RNG stream where it was
         probe(False), probe(True)  # oneDNN builds its kernels on first use
-        fp32 = min(probe(False) for _ in range(repeats))
-        bf16 = min(probe(True) for _ in range(repeats))
-    return fp32 / bf16
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(repeats):  # interleaved: a machine that gets busier slows both alike
+            for bf16 in (False, True):
+                times[bf16].append(probe(bf16))
+    return min(times[False]) / min(times[True])
 
 
 def choose_precision(accelerator: str = "auto", probe: Probe | None = None) -> tuple[str, str]:

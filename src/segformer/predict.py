@@ -11,6 +11,10 @@ Per image, at its original resolution: <stem>.png (class ids, 8-bit grey), <stem
 ``data=`` if given; without it the names come from the checkpoint (Lightning hyper-parameters,
 transformers id2label) or are numbers, and the colours are the PASCAL VOC colour map
 (``data.labels.default_palette``, as in training's prediction grids).
+
+An unreadable image (corrupt, truncated, empty, not an image) is skipped: every other prediction
+is written, the skipped files are listed at the end and the command exits 1 (``strict=false``:
+a warning and exit 0). Images of any size run, a 1x1 thumbnail too (``models.segformer.pad_small``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -41,7 +44,7 @@ from segformer.inference import InferenceConfig, segment
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names
 from segformer.precision import resolve_precision
-from segformer.utils import CONFIG_DIR, print_config, register_resolvers
+from segformer.utils import hydra_cli, print_config, register_resolvers
 from segformer.visualize import colorize, overlay
 
 register_resolvers()
@@ -175,7 +178,7 @@ def predict(cfg: DictConfig) -> Path:
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     images = find_images(source, cfg.recursive, exclude=output)
     targets = output_targets(images, source, output, cfg.overlay_format)
-    sizes = {path: image_size(path) for path in images}  # fails early on unreadable files
+    sizes, skipped = read_sizes(images)  # unreadable files are skipped, listed at the end
 
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     device = torch.device(
@@ -207,11 +210,13 @@ def predict(cfg: DictConfig) -> Path:
     with Progress(*columns, console=console) as progress:
         console.print(f"precision {precision}: {reason}")
         task = progress.add_task(f"segmenting on {device}", total=len(images))
+        progress.advance(task, len(skipped))
         for batch in size_batches(sizes, cfg.batch_size):
-            loaded = [read_image(path) for path in batch]
+            loaded = read_images(batch, skipped)
+            progress.advance(task, len(batch) - len(loaded))
             # the header size may disagree with the decoded one (EXIF): regroup by real shape
-            for shape in dict.fromkeys(im.shape for im in loaded):
-                group = [(p, im) for p, im in zip(batch, loaded, strict=True) if im.shape == shape]
+            for shape in dict.fromkeys(im.shape for _, im in loaded):
+                group = [(p, im) for p, im in loaded if im.shape == shape]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     preds = segment(model, np.stack([im for _, im in group]), inference)
                 for (path, image), pred in zip(group, preds, strict=True):
@@ -220,11 +225,56 @@ def predict(cfg: DictConfig) -> Path:
                         targets[path], image, pred, palette, cfg.alpha, cfg.overlay_format
                     )
                     progress.advance(task)
-    console.print(f"{len(images)} image(s) segmented into {output}")
+    console.print(f"{len(images) - len(skipped)} image(s) segmented into {output}")
+    report_skipped(skipped, len(images), output, cfg.get("strict", True), console)
     return output
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def read_sizes(images: list[Path]) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
+    """(H, W) of every image whose header reads, and {path: error} of the others."""
+    sizes: dict[Path, tuple[int, int]] = {}
+    skipped: dict[Path, str] = {}
+    for path in images:
+        try:
+            sizes[path] = image_size(path)
+        except OSError as err:
+            skipped[path] = str(err)
+    return sizes, skipped
+
+
+def read_images(paths: list[Path], skipped: dict[Path, str]) -> list[tuple[Path, np.ndarray]]:
+    """(path, RGB image) of the paths that decode; the others go to ``skipped`` with their
+    error (a header can read while the data is truncated)."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, read_image(path)))
+        except (OSError, ValueError) as err:
+            skipped[path] = str(err)
+    return loaded
+
+
+def report_skipped(
+    skipped: dict[Path, str], total: int, output: Path, strict: bool, console: Console
+) -> None:
+    """List the unreadable inputs once every other prediction is written. ``strict``: raise
+    OSError (the command exits 1), else print a warning (exit 0)."""
+    if not skipped:
+        return
+    console.print(f"skipped {len(skipped)} unreadable file(s):", markup=False, highlight=False)
+    for path, error in skipped.items():
+        console.print(f"  {path}: {error}", markup=False, highlight=False, soft_wrap=True)
+    names = ", ".join(str(p) for p in list(skipped)[:3]) + (", ..." if len(skipped) > 3 else "")
+    message = (
+        f"{len(skipped)} of {total} input image(s) unreadable, skipped ({names}); the other "
+        f"predictions are in {output}"
+    )
+    if strict:
+        raise OSError(f"{message} (strict=false: a warning and exit status 0)")
+    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+@hydra_cli("predict", config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -30,9 +29,9 @@ from segformer.budget import (
 )
 from segformer.precision import cpu_class, cpu_info, resolve_precision
 from segformer.utils import (
-    CONFIG_DIR,
     build_module,
     finish_wandb,
+    hydra_cli,
     instantiate_dict,
     instantiate_loggers,
     print_config,
@@ -192,7 +191,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_cli("train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)

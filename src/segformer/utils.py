@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import functools
+import os
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import rich.syntax
 import rich.tree
@@ -26,6 +30,12 @@ def _config_dir() -> str:
 
 
 CONFIG_DIR = _config_dir()
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# what the project raises for bad input (files, configs, checkpoints, data); from elsewhere
+# (torch, a bug of ours deeper down) the same types keep their traceback
+USER_ERRORS = (OSError, ValueError, FloatingPointError)
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 def latest_run_dir(base: str | Path) -> Path | None:
@@ -147,3 +157,137 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+
+
+_hydra_full_error_is_ours = False  # hydra_cli set HYDRA_FULL_ERROR, the user did not
+
+
+def show_tracebacks() -> bool:
+    """SEGFORMER_DEBUG=1 or HYDRA_FULL_ERROR=1: every error with its traceback."""
+    flags = [os.environ.get("SEGFORMER_DEBUG", "")]
+    if not _hydra_full_error_is_ours:
+        flags.append(os.environ.get("HYDRA_FULL_ERROR", ""))
+    return any(flag not in ("", "0") for flag in flags)
+
+
+def _embedded_error(text: str) -> tuple[str, str, str] | None:
+    """(innermost file, exception type name, message) of a traceback printed into an error
+    message: DataLoader workers and spawned processes re-raise errors that way."""
+    at = text.rfind('\n  File "')
+    if "Traceback (most recent call last)" not in text or at < 0:
+        return None
+    lines = text[at + 1 :].splitlines()
+    body = next((i for i, line in enumerate(lines[1:], 1) if line and line[0] != " "), None)
+    if body is None:
+        return None
+    name, _, message = "\n".join(lines[body:]).partition(": ")
+    return lines[0].split('"')[1], name.rsplit(".", 1)[-1], message.strip()
+
+
+def _ours(file: str) -> bool:
+    return Path(file).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message of an error the project raised about the user's input, else None (a bug or
+    an error of a library: its traceback is wanted). User errors: OSError / ValueError /
+    FloatingPointError raised in this package (also in a DataLoader worker or a spawned
+    process, while Hydra resolves a config value or instantiates a config group), Hydra's own
+    override / config errors, and a missing mandatory config value (``???``)."""
+    from hydra.errors import CompactHydraException, InstantiationException
+    from omegaconf.errors import (
+        InterpolationResolutionError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+    )
+
+    if isinstance(err, (InstantiationException, OmegaConfBaseException)) and err.__cause__:
+        return user_error_message(err.__cause__)  # raised by our constructor or resolver
+    if isinstance(err, InterpolationResolutionError):  # OmegaConf drops the cause (OC_CAUSE)
+        name, found, message = str(err).partition(" raised while resolving interpolation: ")
+        if found and _user_kind(name) and _raised_here(err):  # by a resolver of ours
+            return message.split("\n    full_key:")[0]
+        return None
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", None) or "a key"
+        return f"{key} has no value (??? in the config); set {key}=... on the command line"
+    if isinstance(err, CompactHydraException):  # a bad override, an unknown option: as Hydra
+        cause = err.__cause__
+        return str(err) + (f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else "")
+    embedded = _embedded_error(str(err))
+    if embedded is not None:
+        file, name, message = embedded
+        return message if _user_kind(name) and _ours(file) else None
+    if isinstance(err, USER_ERRORS) and _raised_here(err):
+        return str(err)
+    return None
+
+
+def _user_kind(name: str) -> bool:
+    """Whether the built-in exception type called ``name`` is one of USER_ERRORS."""
+    kind = getattr(builtins, name, None)
+    return isinstance(kind, type) and issubclass(kind, USER_ERRORS)
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback (where it was raised) is ours."""
+    tb, file = err.__traceback__, None
+    while tb is not None:
+        file, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return file is not None and _ours(file)
+
+
+def _exit_on_user_error(command: str, err: Exception) -> None:
+    """Print a user error as one line and exit 1; return (the caller re-raises) otherwise."""
+    message = user_error_message(err)
+    if message is not None:
+        print(f"segformer-{command}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def hydra_cli(command: str, config_name: str) -> Callable[[Fn], Fn]:
+    """``@hydra.main`` with ``configs/<config_name>.yaml`` for the console script
+    ``segformer-<command>``: a user error (``user_error_message``) prints one line
+    ``segformer-<command>: error: <message>`` to stderr and exits with status 1, without a
+    traceback; any other error keeps its full traceback. SEGFORMER_DEBUG=1 (or
+    HYDRA_FULL_ERROR=1) shows the traceback of every error.
+
+    Two layers: around the job itself, so Hydra never reports the error (it would add its "Error
+    executing job" line), and around Hydra, for errors raised while it composes the config
+    (e.g. ``ckpt_path=last`` without a previous run, found by the run_dir resolver): with
+    HYDRA_FULL_ERROR set for the call, Hydra re-raises those rather than printing a traceback."""
+    import hydra
+
+    def decorate(task: Fn) -> Fn:
+        @functools.wraps(task)
+        def job(cfg: Any) -> Any:
+            try:
+                return task(cfg)
+            except Exception as err:
+                if not show_tracebacks():
+                    _exit_on_user_error(command, err)
+                raise
+
+        hydra_main = hydra.main(
+            version_base="1.3", config_path=CONFIG_DIR, config_name=config_name
+        )(job)
+
+        @functools.wraps(hydra_main)
+        def main(*args: Any, **kwargs: Any) -> Any:
+            global _hydra_full_error_is_ours
+            if show_tracebacks():  # and Hydra's in full, not trimmed
+                os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+                return hydra_main(*args, **kwargs)
+            os.environ["HYDRA_FULL_ERROR"], _hydra_full_error_is_ours = "1", True
+            try:
+                return hydra_main(*args, **kwargs)
+            except Exception as err:
+                _exit_on_user_error(command, err)
+                raise
+            finally:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+                _hydra_full_error_is_ours = False
+
+        return main  # type: ignore[return-value]
+
+    return decorate

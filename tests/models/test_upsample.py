@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from segformer.models import upsample_argmax, upsample_cross_entropy
+from segformer.models.upsample import fused_upsample_cross_entropy
+from segformer.models.valid_pixels import valid_mean
 
 
 def upsample(logits, size):
@@ -100,8 +102,58 @@ def test_cross_entropy_channels_last_bf16_and_ignored():
     (grad,) = torch.autograd.grad(ours, logits)
     assert ours.dtype == torch.float32 and grad.dtype == torch.bfloat16
     torch.testing.assert_close(ours, reference_loss(logits.float(), target), rtol=1e-5, atol=0)
-    all_ignored = torch.full_like(target, 255)
-    assert upsample_cross_entropy(logits, all_ignored).isnan()  # as F.cross_entropy
+
+
+def test_fused_path_matches_the_reference_with_and_without_weights():
+    """What GPUs run (ATen interpolate + a summed cross-entropy / kept weight), here on the CPU."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 9, 13).requires_grad_()
+    target = torch.randint(0, 6, (2, 35, 50))
+    target[:, :5] = 255
+    for weight in (None, torch.tensor([0.2, 1.0, 4.5, 0.1, 9.6, 2.0])):
+        ours = fused_upsample_cross_entropy(logits, target, weight=weight)
+        ref = reference_loss(logits, target, weight=weight)
+        (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(ref, logits)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+LOSSES = {"banded": upsample_cross_entropy, "fused": fused_upsample_cross_entropy}
+
+
+@pytest.mark.parametrize("path", list(LOSSES))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_no_valid_pixel_gives_zero_loss_and_zero_gradient(path, weighted):
+    """Every pixel ignored: F.cross_entropy gives NaN (0 / 0); ours gives 0, and a gradient of
+    0 for every logit (finite, so a step changes nothing but weight decay). The loss stays in
+    the graph: backward reaches the logits (under DDP every rank joins the all-reduce)."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 8, 8).requires_grad_()
+    weight = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.1]) if weighted else None
+    void = torch.full((1, 32, 32), 255)
+    assert reference_loss(logits, void, weight=weight).isnan()  # what we avoid
+    loss = LOSSES[path](logits, void, weight=weight)
+    assert loss.requires_grad and loss.grad_fn is not None
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == 0.0
+    assert grad.shape == logits.shape and grad.eq(0).all()
+    # a batch of a void image and a labelled one: the mean over the labelled pixels only
+    target = torch.cat([void, torch.randint(0, 5, (1, 32, 32))])
+    both = torch.randn(2, 5, 8, 8).requires_grad_()
+    mixed = LOSSES[path](both, target, weight=weight)
+    alone = reference_loss(both[1:], target[1:], weight=weight)
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(mixed, both)
+    assert grad[0].eq(0).all() and grad[1].ne(0).any()
+
+
+def test_valid_mean_rule():
+    """The shared rule (models/valid_pixels.py): total / count, 0 for count 0, no 0 / 0."""
+    total = torch.tensor(0.0, requires_grad=True)
+    assert valid_mean(total * 1, torch.tensor(0.0)).item() == 0.0
+    assert valid_mean(torch.tensor(3.0), torch.tensor(0.5)).item() == 6.0  # summed weights < 1
+    (grad,) = torch.autograd.grad(valid_mean(total * 2, torch.tensor(0.0)), total)
+    assert grad.item() == 2.0  # finite: d(total / 1)
 
 
 def test_other_devices_take_the_plain_functions():

@@ -7,6 +7,7 @@ train ids); samples are made by `data.dataset.SegmentationDataset`.
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segformer.data.collate import eval_collate
 from segformer.data.dataset import SegmentationDataset
 from segformer.data.files import Sample
 from segformer.data.labels import default_palette
@@ -27,7 +29,8 @@ class SegmentationDataModule(L.LightningDataModule):
     """Shared data module: splits, transforms, loaders, class metadata.
 
     root: dataset folder (see the subclass LAYOUT). batch_size: PER DEVICE. val_batch_size:
-    val/test/predict batch (default 1: eval images keep their own size). num_workers: None ->
+    val/test/predict batch (eval images keep their own size; a batch of mixed sizes is padded
+    by data/collate.py and each image still runs at its own size). num_workers: None ->
     min(4, CPUs). pin_memory: None -> when CUDA is available. crop_size: (h, w) or int.
     scale: base (long, short) bounds of the train resize, sampled at ratio_range.
     cat_max_ratio / photometric: see transforms.train_transform. eval_resize: (long, short) to
@@ -186,6 +189,8 @@ class SegmentationDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.val_batch_size,
             sampler=sampler,
             drop_last=train,
+            # eval images keep their size: mixed sizes are padded, run one size at a time
+            collate_fn=None if train else partial(eval_collate, ignore_index=self.ignore_index),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -26,7 +26,10 @@ def _truncated_jpeg(data: bytes) -> bool:
 def read_image(path: Path) -> np.ndarray:
     """uint8 (H, W, 3) RGB, EXIF rotation applied."""
     data = Path(path).read_bytes()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # an empty file fails an assertion rather than returning None
+        image = None
     # cv2 returns None for an unreadable or truncated PNG, but a truncated JPEG decodes
     if image is None or (data[:2] == b"\xff\xd8" and _truncated_jpeg(data)):
         raise OSError(

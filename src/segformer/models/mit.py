@@ -210,6 +210,7 @@ class MixTransformer(nn.Module):
                 )
             )
         self.apply(_init_weights)
+        self.min_input_size = _min_input_size(self.stages)
 
     @classmethod
     def from_variant(cls, variant: str, **kwargs: Any) -> MixTransformer:
@@ -226,6 +227,22 @@ class MixTransformer(nn.Module):
             x = stage(x)
             features.append(x)
         return features
+
+
+def _min_input_size(stages: nn.ModuleList) -> int:
+    """The smallest image side every stage runs on: a stage's sequence-reduction conv (kernel and
+    stride sr) needs a map side >= sr. 29 for MiT-B0..B5 (stage 1 maps a side n to ceil(n / 4),
+    which must reach 8)."""
+
+    def fits(n: int) -> bool:
+        for stage in stages:
+            conv = stage.patch_embed.proj
+            n = (n + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+            if n < max([block.attn.sr_ratio for block in stage.blocks] + [1]):
+                return False
+        return True
+
+    return next(n for n in range(1, 1 << 16) if fits(n))
 
 
 def _init_weights(m: nn.Module) -> None:

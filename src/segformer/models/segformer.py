@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segformer.models.convert import load_exact, read_checkpoint, save_transformers
@@ -17,10 +18,30 @@ from segformer.models.upsample import resize_bilinear, upsample_argmax
 from segformer.models.variants import get_variant
 
 
+def pad_small(x: torch.Tensor, min_size: int) -> torch.Tensor:
+    """``x`` (B, C, H, W) with a side under ``min_size`` padded at the bottom / right up to it
+    by repeating the edge pixels (any side >= 1 can be; the image's own colours, not a border
+    the model never saw), else ``x`` itself. The network cannot run on fewer pixels: its
+    attention reduces the keys with a stride-8 conv at stage 1 (``MixTransformer``).
+
+    While tracing (ONNX export) the sides are symbolic: the pad is always in the graph, with
+    amount 0 (an identity) for images that need none."""
+    h, w = x.shape[-2:]
+    if isinstance(h, torch.Tensor):  # traced: keep the amounts dynamic
+        pad_h, pad_w = (min_size - h).clamp(min=0), (min_size - w).clamp(min=0)
+    elif h >= min_size and w >= min_size:
+        return x
+    else:
+        pad_h, pad_w = max(min_size - h, 0), max(min_size - w, 0)
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
 class SegFormer(nn.Module):
     """SegFormer-B0..B5 (``variant`` "b0".."b5", see ``variants.VARIANTS``).
 
     ``decoder_dim`` None = the variant's E from the paper (256 for B0/B1, 768 for B2-B5).
+    Any image size H, W >= 1 runs: sides under ``min_input_size`` (29) are edge-padded and the
+    output cropped back (``pad_small``); larger images run as they are.
     ``ln_eps_preset`` picks the LayerNorm eps of the code the weights come from: "official"
     (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``).
     """
@@ -46,21 +67,40 @@ class SegFormer(nn.Module):
             spec.embed_dims, decoder_dim or spec.decoder_dim, num_classes, dropout
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """The smallest image side the encoder runs on (29 for MiT-B0..B5); smaller images are
+        padded up to it (``pad_small``)."""
+        return self.encoder.min_input_size
+
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> logits (B, K, ceil(H/4), ceil(W/4)) (channels-last)."""
-        return self.head(self.encoder(x))
+        """(B, 3, H, W) -> logits (B, K, ceil(H/4), ceil(W/4)) (channels-last).
+
+        Any H, W >= 1: a side under ``min_input_size`` is padded (``pad_small``) and the logits
+        are cropped back to the cells of the image."""
+        padded = pad_small(x, self.min_input_size)
+        logits = self.head(self.encoder(padded))
+        if padded is x:
+            return logits
+        h, w = x.shape[-2:]
+        return logits[..., : (h + 3) // 4, : (w + 3) // 4]  # ceil(side / 4): stage 1's map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, K, H, W), bilinear with align_corners=False.
 
         The logits come channels-last, where bilinear upsampling vectorises over the K classes.
+        An image padded by ``pad_small`` gets the logits of the padded image, cropped.
         """
-        return resize_bilinear(self.forward_logits(x), x.shape[-2:])
+        padded = pad_small(x, self.min_input_size)
+        logits = resize_bilinear(self.head(self.encoder(padded)), padded.shape[-2:])
+        return logits if padded is x else logits[..., : x.shape[-2], : x.shape[-1]]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> class map (B, H, W) int64: forward(x).argmax(1) but for near-ties."""
-        return upsample_argmax(self.forward_logits(x), x.shape[-2:])
+        padded = pad_small(x, self.min_input_size)
+        pred = upsample_argmax(self.head(self.encoder(padded)), padded.shape[-2:])
+        return pred if padded is x else pred[..., : x.shape[-2], : x.shape[-1]]
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
         """torch.compile the encoder and the head in place (``nn.Module.compile``).

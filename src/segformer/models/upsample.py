@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from segformer.models.valid_pixels import valid_count, valid_mean
+
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, *size), bilinear with align_corners=False (mmseg's ``resize``);
@@ -188,7 +190,7 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
             total -= (log_p.gather(-1, safe[:, rows]).squeeze(-1) * pixel_w[:, rows]).sum()
         count = pixel_w.sum()
         ctx.save_for_backward(logits, safe, pixel_w, count)
-        return total / count  # NaN when every pixel is ignored, as F.cross_entropy
+        return valid_mean(total, count)  # 0 when every pixel is ignored (valid_pixels.py)
 
     @staticmethod
     def backward(ctx, grad):
@@ -196,7 +198,7 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
         table = logits.detach().permute(0, 2, 3, 1).float().contiguous()
         bands = _Bands(table, safe.shape[1:3])
         g_table = torch.zeros_like(table)  # (B, h, w, K)
-        scale = (grad / count) * pixel_w[..., None]  # (B, H, W, 1)
+        scale = (grad / valid_count(count)) * pixel_w[..., None]  # (B, H, W, 1), 0 if ignored
         minus_one = table.new_full((1, 1, 1, 1), -1.0)
         for rows in bands.rows:
             # d loss / d band = (softmax - onehot) * scale, the band recomputed, not kept
@@ -217,9 +219,32 @@ def upsample_cross_entropy(
 ) -> torch.Tensor:
     """``F.cross_entropy(F.interpolate(logits, target.shape[-2:], mode="bilinear"), target,
     weight=weight, ignore_index=ignore_index)`` (weighted mean over kept pixels) in bands: the
-    upsampled logits never exist whole, in the forward or the backward pass.
-    logits (B, K, h, w), target (B, H, W), weight (K,) or None."""
+    upsampled logits never exist whole, in the forward or the backward pass. With no kept pixel
+    (or zero summed weight) the loss is 0 with a zero gradient, not F.cross_entropy's NaN
+    (``valid_pixels.valid_mean``). logits (B, K, h, w), target (B, H, W), weight (K,) or None."""
     if logits.device.type != "cpu":
-        up = resize_bilinear(logits.float(), target.shape[-2:])
-        return F.cross_entropy(up, target, weight=weight, ignore_index=ignore_index)
+        return fused_upsample_cross_entropy(logits, target, ignore_index, weight)
     return _UpsampleCrossEntropy.apply(logits, target, ignore_index, weight)
+
+
+def fused_upsample_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same loss with ATen's interpolate and cross-entropy (what non-CPU devices run): the
+    sum over kept pixels, divided as ``valid_mean`` does."""
+    up = resize_bilinear(logits.float(), target.shape[-2:])
+    total = F.cross_entropy(up, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    return valid_mean(total, _kept_weight(target, ignore_index, weight))
+
+
+def _kept_weight(
+    target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """The divisor of F.cross_entropy's mean: kept pixels, or their summed class weights."""
+    keep = target != ignore_index
+    if weight is None:
+        return keep.sum(dtype=torch.float32)
+    return (weight.float()[torch.where(keep, target, 0)] * keep).sum()
