@@ -20,6 +20,8 @@ a warning and exit 0). Images of any size run, a 1x1 thumbnail too (``models.seg
 from __future__ import annotations
 
 import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -211,19 +213,28 @@ def predict(cfg: DictConfig) -> Path:
         console.print(f"precision {precision}: {reason}")
         task = progress.add_task(f"segmenting on {device}", total=len(images))
         progress.advance(task, len(skipped))
-        for batch in size_batches(sizes, cfg.batch_size):
-            loaded = read_images(batch, skipped)
-            progress.advance(task, len(batch) - len(loaded))
-            # the header size may disagree with the decoded one (EXIF): regroup by real shape
-            for shape in dict.fromkeys(im.shape for _, im in loaded):
-                group = [(p, im) for p, im in loaded if im.shape == shape]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    preds = segment(model, np.stack([im for _, im in group]), inference)
-                for (path, image), pred in zip(group, preds, strict=True):
-                    targets[path].parent.mkdir(parents=True, exist_ok=True)
-                    write_prediction(
-                        targets[path], image, pred, palette, cfg.alpha, cfg.overlay_format
-                    )
+        batches = size_batches(sizes, cfg.batch_size)
+        # decoding the next batch and encoding the outputs overlap the inference (the codecs
+        # release the GIL); at most two batches of outputs wait to be written
+        with ThreadPoolExecutor(max_workers=2) as io:
+            ahead = io.submit(read_images, batches[0], skipped) if batches else None
+            writing: deque[Future] = deque()
+            for i, batch in enumerate(batches):
+                loaded = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = io.submit(read_images, batches[i + 1], skipped)
+                progress.advance(task, len(batch) - len(loaded))
+                # the header size may disagree with the decoded one (EXIF): regroup by shape
+                for shape in dict.fromkeys(im.shape for _, im in loaded):
+                    group = [(p, im) for p, im in loaded if im.shape == shape]
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        preds = segment(model, np.stack([im for _, im in group]), inference)
+                    for (path, image), pred in zip(group, preds, strict=True):
+                        targets[path].parent.mkdir(parents=True, exist_ok=True)
+                        args = (targets[path], image, pred, palette, cfg.alpha)
+                        writing.append(io.submit(write_prediction, *args, cfg.overlay_format))
+                while len(writing) > 2 * cfg.batch_size or (i + 1 == len(batches) and writing):
+                    writing.popleft().result()  # a failed write raises here
                     progress.advance(task)
     console.print(f"{len(images) - len(skipped)} image(s) segmented into {output}")
     report_skipped(skipped, len(images), output, cfg.get("strict", True), console)
