@@ -96,8 +96,9 @@ def test_table_renders() -> None:
     text = console.export_text()
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
     assert "66.67" in lines["road"] and "80.00" in lines["road"]
-    assert "0.00" in lines["car"] and "-" in lines["car"]  # only predicted: IoU 0, no Acc
-    assert lines["person"].count("-") == 2  # absent: both shown as "-"
+    # only predicted: IoU, Dice, Precision 0; Acc, Fscore, Recall undefined
+    assert lines["car"].count("0.00") == 3 and lines["car"].count("-") == 3
+    assert lines["person"].count("-") == 6  # absent: every column shown as "-"
     assert "38.89" in lines["mean"] and "70.00" in lines["mean"]
     assert "aAcc 70.00" in text and "val" in text
 

@@ -26,6 +26,7 @@ from segformer.utils import (
     instantiate_loggers,
     print_config,
     register_resolvers,
+    step_based_trainer_kwargs,
 )
 
 register_resolvers()
@@ -63,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer,
         callbacks=callbacks,
         logger=instantiate_loggers(cfg.get("logger"), output_dir) or False,
+        **step_based_trainer_kwargs(cfg.trainer),
     )
     for logger in trainer.loggers:  # the module logs none itself: the config once, resolved
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segformer.models.convert import load_exact, read_checkpoint
+from segformer.models.convert import adapt_in_channels, load_exact, read_checkpoint
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MixTransformer
 from segformer.models.upsample import upsample_argmax
@@ -22,7 +22,8 @@ class SegFormer(nn.Module):
 
     ``decoder_dim`` None = the variant's E from the paper (256 for B0/B1, 768 for B2-B5).
     ``ln_eps_preset`` picks the LayerNorm eps of the code the weights come from: "official"
-    (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``).
+    (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``). ``in_channels``: bands of
+    the input images (3 = RGB; pretrained RGB weights adapt, see ``convert.adapt_input_conv``).
     """
 
     def __init__(
@@ -33,14 +34,19 @@ class SegFormer(nn.Module):
         drop_path_rate: float = 0.1,
         dropout: float = 0.1,
         ln_eps_preset: str = "official",
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         spec = get_variant(variant)
         self.variant = variant
         self.num_classes = num_classes
         self.ln_eps_preset = ln_eps_preset
+        self.in_channels = in_channels
         self.encoder = MixTransformer.from_variant(
-            variant, drop_path_rate=drop_path_rate, ln_eps_preset=ln_eps_preset
+            variant,
+            drop_path_rate=drop_path_rate,
+            ln_eps_preset=ln_eps_preset,
+            in_channels=in_channels,
         )
         self.head = AllMLPHead(
             spec.embed_dims, decoder_dim or spec.decoder_dim, num_classes, dropout
@@ -86,7 +92,9 @@ class SegFormer(nn.Module):
         Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
         ``num_classes`` other than the checkpoint's re-initialises the classifier (with a
         warning). The LayerNorm eps preset follows the source of the weights unless
-        ``ln_eps_preset`` is given. Other ``kwargs`` go to the constructor.
+        ``ln_eps_preset`` is given. ``in_channels`` defaults to the checkpoint's; other than
+        that, 3-channel weights are adapted (``convert.adapt_input_conv``). Other ``kwargs`` go
+        to the constructor.
         """
         ckpt = read_checkpoint(path)
         if variant is not None and variant != ckpt.variant:
@@ -98,9 +106,10 @@ class SegFormer(nn.Module):
                     f"{path}: decoder_dim={given} requested, the checkpoint has {ckpt.decoder_dim}"
                 )
         kwargs.setdefault("ln_eps_preset", ckpt.ln_eps_preset)
+        in_channels = kwargs.setdefault("in_channels", ckpt.in_channels)
         num_classes = num_classes or ckpt.num_classes or 150
         model = cls(variant=ckpt.variant, num_classes=num_classes, **kwargs)
-        state, expected = ckpt.state_dict, set(model.state_dict())
+        state, expected = adapt_in_channels(ckpt, in_channels, path), set(model.state_dict())
         if ckpt.decoder_dim is None:  # encoder-only weights
             expected = {k for k in expected if k.startswith("encoder.")}
         elif num_classes != ckpt.num_classes:
