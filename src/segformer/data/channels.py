@@ -202,13 +202,17 @@ class ImageFormat:
             return array
         if found == 1 and self.in_channels == 3:
             return np.repeat(array, 3, axis=2)  # grayscale shown to an RGB model
-        what = (
-            "alpha kept" if has_alpha and self.keep_alpha else "alpha dropped" if has_alpha else ""
-        )
+        if has_alpha and not self.keep_alpha and found + 1 == self.in_channels:
+            raise ValueError(
+                f"image {path} marks its last band as alpha, which is dropped, leaving {found} "
+                f"channel(s) for data.in_channels={self.in_channels}; set data.keep_alpha=true "
+                "to use it as a band"
+            )
+        what = " (alpha dropped)" if has_alpha and not self.keep_alpha else ""
         raise ValueError(
-            f"image {path} has {found} channel(s){f' ({what})' if what else ''} but "
-            f"data.in_channels={self.in_channels}; set data.in_channels={found} (and "
-            f"model.in_channels), or pick bands with data.bands=[...] (0-based)"
+            f"image {path} has {found} channel(s){what} but data.in_channels="
+            f"{self.in_channels}; set data.in_channels={found} (and model.in_channels), or "
+            "pick bands with data.bands=[...] (0-based)"
         )
 
     def check_depth(self, array: np.ndarray, path: Path) -> None:
