@@ -83,8 +83,12 @@ def make_folder(
         for i in range(n):
             seed = i + (100 if split == "val" else 0)
             mask = class_mask(seed)
-            write_image(root / "images" / split / f"s{i}{SUFFIX[kind]}", image_for(mask, kind, seed), planar)
-            write_mask(root / "masks" / split / f"s{i}.png", stored(mask) if stored else mask, palette)
+            write_image(
+                root / "images" / split / f"s{i}{SUFFIX[kind]}", image_for(mask, kind, seed), planar
+            )
+            write_mask(
+                root / "masks" / split / f"s{i}.png", stored(mask) if stored else mask, palette
+            )
     return root
 
 

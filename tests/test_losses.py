@@ -141,9 +141,7 @@ def _ohem_reference(logits, target, weight, thresh, min_kept) -> float:
     return float((ce * w)[keep].sum() / w[keep].sum())
 
 
-@pytest.mark.parametrize(
-    ("thresh", "min_kept"), [(0.7, 10), (0.3, 300), (0.99, 5), (None, 40)]
-)
+@pytest.mark.parametrize(("thresh", "min_kept"), [(0.7, 10), (0.3, 300), (0.99, 5), (None, 40)])
 @pytest.mark.parametrize("weight", [None, WEIGHT], ids=["plain", "weighted"])
 def test_ohem_selects_as_mmseg_and_averages_the_kept(weight, thresh, min_kept) -> None:
     logits, target = batch(4)

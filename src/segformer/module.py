@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,10 @@ class SegFormerModule(L.LightningModule):
             load_encoder_weights(self.model.encoder, self.hparams.pretrained)
 
     def setup(self, stage: str) -> None:
+        if self.model.encoder.frozen_stages:
+            # frozen stages are in eval mode on purpose (no drop path): Lightning's notice of
+            # "modules in eval mode at the start of training" is expected then
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if self.hparams.compile and stage == "fit":
             self.model.compile()
         if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size > 1:

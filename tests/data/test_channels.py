@@ -129,7 +129,7 @@ def test_configured_statistics_and_their_errors() -> None:
     assert mean.tolist() == [10.0, 10.0] and std.tolist() == [2.0, 4.0]
     with pytest.raises(ValueError, match=r"data\.mean has 3 values"):
         ImageFormat(in_channels=2, mean=(1.0, 2.0, 3.0), std=(1.0,))
-    with pytest.raises(ValueError, match="both data.mean and data.std"):
+    with pytest.raises(ValueError, match=r"both data\.mean and data\.std"):
         ImageFormat(mean=(1.0, 2.0, 3.0))
     assert ImageFormat.from_dict(fmt.to_dict()) == fmt  # what checkpoints keep
 

@@ -56,7 +56,7 @@ def test_values_the_map_does_not_name_are_errors(tmp_path: Path) -> None:
 
 def test_map_to_a_missing_class_is_refused(tmp_path: Path) -> None:
     root = make_folder(tmp_path)
-    with pytest.raises(ValueError, match="maps {255: 2} to class ids outside 0-1"):
+    with pytest.raises(ValueError, match=r"maps \{255: 2\} to class ids outside 0-1"):
         dm(root, label_map={0: 0, 255: 2}).setup("fit")
     with pytest.raises(ValueError, match="not both"):
         dm(root, label_map={0: 0}, reduce_zero_label=True)

@@ -18,7 +18,9 @@ def mmseg_root(tmp_path: Path) -> Path:
     for split, stems in names.items():
         for i, stem in enumerate(stems):
             mask = class_mask(i)
-            write_image(tmp_path / "img_dir" / split / f"{stem}_leftImg8bit.png", image_for(mask, "rgb", i))
+            write_image(
+                tmp_path / "img_dir" / split / f"{stem}_leftImg8bit.png", image_for(mask, "rgb", i)
+            )
             ann = tmp_path / "ann_dir" / split
             write_mask(ann / f"{stem}_gtFine_labelTrainIds.png", mask)
             write_mask(ann / f"{stem}_gtFine_color.png", mask * 7)  # other suffix: ignored
@@ -46,7 +48,7 @@ def test_mmseg_layout_pairs_by_name_recursively(mmseg_root: Path) -> None:
         ("img_dir/train/a/a_1_leftImg8bit.png", "a_1_gtFine_labelTrainIds.png"),
         ("img_dir/train/b/b_0_leftImg8bit.png", "b_0_gtFine_labelTrainIds.png"),
     ]
-    image, mask = dm(mmseg_root, **MMSEG).make_dataset("train", False).read(0)
+    _, mask = dm(mmseg_root, **MMSEG).make_dataset("train", False).read(0)
     np.testing.assert_array_equal(mask, class_mask(0))
 
 
@@ -63,14 +65,14 @@ def test_mmseg_split_files_and_per_split_dirs(mmseg_root: Path) -> None:
         "a_1_leftImg8bit.png",
     ]  # only the listed names
     assert len(datamodule.samples("validation")) == 1
-    with pytest.raises(FileNotFoundError, match="data.img_dir names no path for split 'test'"):
+    with pytest.raises(FileNotFoundError, match=r"data\.img_dir names no path for split 'test'"):
         datamodule.samples("test")
 
 
 def test_mmseg_layout_errors_name_the_key(mmseg_root: Path) -> None:
-    with pytest.raises(ValueError, match="both data.img_dir and data.ann_dir"):
+    with pytest.raises(ValueError, match=r"both data\.img_dir and data\.ann_dir"):
         dm(mmseg_root, img_dir="img_dir/{split}")
-    with pytest.raises(ValueError, match="set data.img_dir and data.ann_dir too"):
+    with pytest.raises(ValueError, match=r"set data\.img_dir and data\.ann_dir too"):
         dm(mmseg_root, img_suffix=".png")
     missing = {**MMSEG, "split_file": "splits/{split}.txt"}
     (mmseg_root / "splits" / "train.txt").write_text("a/a_0\nz/missing\n")
