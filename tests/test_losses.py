@@ -5,11 +5,14 @@ combining terms from config; the module's default path unchanged."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CONFIG_DIR, compose_config
+from omegaconf import OmegaConf
 
 from segformer.losses import (
     LOSSES,
@@ -200,3 +203,13 @@ def test_module_default_loss_is_the_banded_cross_entropy_and_terms_are_selectabl
     got = chosen.loss(logits, target)
     expected = 2 * lovasz_softmax(logits, target, IGNORE, WEIGHT) + want
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml"))
+)
+def test_loss_presets_compose_into_the_model_config(preset: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"loss={preset}"], tmp_path)
+    loss = build_loss(OmegaConf.to_container(cfg.model.loss))
+    logits, target = batch(9)
+    assert torch.isfinite(loss(logits, target))
