@@ -96,8 +96,9 @@ def test_table_renders() -> None:
     text = console.export_text()
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
     assert "66.67" in lines["road"] and "80.00" in lines["road"]
-    assert "0.00" in lines["car"] and "-" in lines["car"]  # only predicted: IoU 0, no Acc
-    assert lines["person"].count("-") == 2  # absent: both shown as "-"
+    # only predicted: IoU, Dice, Precision 0; Acc, Fscore, Recall undefined
+    assert lines["car"].count("0.00") == 3 and lines["car"].count("-") == 3
+    assert lines["person"].count("-") == 6  # absent: every column shown as "-"
     assert "38.89" in lines["mean"] and "70.00" in lines["mean"]
     assert "aAcc 70.00" in text and "val" in text
 
@@ -112,3 +113,50 @@ def test_table_checks_class_names() -> None:
 def test_confusion_matrix_png(tmp_path) -> None:
     path = save_confusion_matrix_png(CONFMAT, NAMES, tmp_path / "eval" / "confmat.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _reference_scores(target: torch.Tensor, preds: torch.Tensor, k: int, ignore: int = 255):
+    """Per-class Dice, precision, recall, F1 from pixel sets, with mmseg's NaN conventions:
+    a ratio over an empty set is NaN, and F1 is NaN where precision or recall is."""
+    valid = target != ignore
+    t, p = target[valid].tolist(), preds[valid].tolist()
+    out = {"Dice": [], "Precision": [], "Recall": [], "Fscore": []}
+    for c in range(k):
+        tp = sum(1 for a, b in zip(t, p, strict=True) if a == b == c)
+        in_gt, in_pred = t.count(c), p.count(c)
+        dice = 2 * tp / (in_gt + in_pred) if in_gt + in_pred else NAN
+        precision = tp / in_pred if in_pred else NAN
+        recall = tp / in_gt if in_gt else NAN
+        if math.isnan(precision) or math.isnan(recall) or precision + recall == 0:
+            f1 = NAN
+        else:
+            f1 = 2 * precision * recall / (precision + recall)
+        for key, value in zip(out, (dice, precision, recall, f1), strict=True):
+            out[key].append(value)
+    return out
+
+
+def test_dice_fscore_precision_recall_as_mmseg() -> None:
+    metric = SegmentationMetrics(num_classes=4)
+    metric.update(PREDS, TARGET)
+    results = metric.compute()
+    want = _reference_scores(TARGET, PREDS, 4)
+    for key, values in want.items():
+        _close(results[key], values)
+        _close(results[f"m{key}"], float(torch.tensor(values).nanmean()))
+    # by hand: road Dice 8/10, sky 6/9, car 0 (only predicted: precision 0, recall NaN)
+    _close(results["Dice"], [0.8, 6 / 9, 0.0, NAN])
+    _close(results["Fscore"], [0.8, 6 / 9, NAN, NAN])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scores_on_random_maps_match_the_reference(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 6, (2, 9, 11), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.1] = 255
+    preds = torch.randint(0, 5, (2, 9, 11), generator=g)  # class 5 never predicted
+    metric = SegmentationMetrics(num_classes=7)  # class 6 absent from both
+    metric.update(preds, target)
+    results = metric.compute()
+    for key, values in _reference_scores(target, preds, 7).items():
+        _close(results[key], values)

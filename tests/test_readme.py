@@ -16,7 +16,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     """(config name, overrides) of each command line in README.md (code blocks and `inline`)."""
     text = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
     found = []
-    for match in re.finditer(r"(segformer-(?:train|eval|predict))\b([^`\n|]*)", text):
+    for match in re.finditer(r"(segformer-(?:train|eval|predict))((?: [^`\n|]*)?)(?=[`\n|])", text):
         words = shlex.split(match[2].split("#")[0])
         if "-m" in words:  # multirun sweeps: their comma lists are not single configs
             continue

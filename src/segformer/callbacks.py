@@ -47,13 +47,16 @@ class PredictionGrid(L.Callback):
             or not isinstance(outputs, torch.Tensor)
         ):
             return
+        # the data's normalisation (bands, bit depth), to show what the network saw
+        image_format = getattr(trainer.datamodule, "image_format", None)
+        mean, std = image_format.mean_std() if image_format is not None else (None, None)
         for image, mask, pred in zip(batch["image"], batch["mask"], outputs, strict=False):
             if len(self._rows) >= self.num_images:
                 return
             stride = max(1, max(mask.shape) // self.max_side)  # keep the picture small
             self._rows.append(
                 (
-                    denormalize(image[:, ::stride, ::stride]),
+                    denormalize(image[:, ::stride, ::stride], mean, std),
                     mask[::stride, ::stride].cpu().numpy(),
                     pred[::stride, ::stride].cpu().numpy(),
                 )

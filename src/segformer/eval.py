@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from segformer.metrics import save_confusion_matrix_png
+from segformer.metrics import SUMMARY, per_class_results, save_confusion_matrix_png
 from segformer.models import SegFormer
 from segformer.module import SegFormerModule
 from segformer.precision import cpu_class, resolve_precision
@@ -70,9 +70,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"{cfg.ckpt_path}: the checkpoint predicts {net.num_classes} classes but data "
             f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
         )
+    if net.in_channels != datamodule.in_channels:
+        raise ValueError(
+            f"{cfg.ckpt_path}: the checkpoint takes {net.in_channels} input channels but data "
+            f"'{type(datamodule).__name__}' reads {datamodule.in_channels} (data.in_channels)"
+        )
     module = SegFormerModule(
         num_classes=net.num_classes,
         variant=net.variant,
+        in_channels=net.in_channels,
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
@@ -95,14 +101,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run(module, datamodule=datamodule)
 
     results = module.last_results[cfg.split]
-    metrics = {k: float(results[k]) for k in ("mIoU", "mAcc", "aAcc")}
+    metrics = {k: float(results[k]) for k in SUMMARY}
     if trainer.is_global_zero:
-        per_class = {
-            name: {"IoU": float(iou), "Acc": float(acc)}
-            for name, iou, acc in zip(
-                module.class_names, results["IoU"], results["Acc"], strict=True
-            )
-        }
+        per_class = per_class_results(results, module.class_names)
         report = {
             "checkpoint": str(cfg.ckpt_path),
             "split": cfg.split,

@@ -6,11 +6,13 @@ that transformers' SegformerForSemanticSegmentation.from_pretrained loads, verif
     segformer-export pretrained=segformer-b2-ade/ output=b2.onnx height=512 width=512 classes=true
     segformer-export ckpt_path=last.ckpt format=transformers output=segformer-b0-synthetic/
 
-Input "image": float32 (B, 3, H, W), RGB scaled to [0, 1] then ImageNet-normalised (mean/std in
-the model metadata). Output "logits": float32 (B, K, H, W) at the input size, or with
-classes=true "classes": int64 (B, H, W), the argmax inside the graph. The check runs
-onnxruntime (CPU) at the export size and at ``check_size`` with batch 2 and fails (non-zero
-exit) when the max abs difference of the logits exceeds ``atol``.
+Input "image": float32 (B, C, H, W), RGB scaled to [0, 1] then ImageNet-normalised (mean/std in
+the model metadata); for other inputs (C = the checkpoint's in_channels) the stored values
+divided by the metadata's "max_value", then normalised with its mean/std (the training
+data's). Output "logits": float32 (B, K, H, W) at the input size, or with classes=true
+"classes": int64 (B, H, W), the argmax inside the graph. The check runs onnxruntime (CPU) at
+the export size and at ``check_size`` with batch 2 and fails (non-zero exit) when the max abs
+difference of the logits exceeds ``atol``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segformer.data.channels import ImageFormat
 from segformer.models import SegFormer
-from segformer.models.convert import checkpoint_class_names
+from segformer.models.convert import checkpoint_class_names, checkpoint_input_format
 from segformer.utils import hydra_cli, print_config, register_resolvers
 
 register_resolvers()
 
 
 class ClassMap(nn.Module):
-    """SegFormer followed by the argmax over classes: (B, 3, H, W) -> (B, H, W) int64."""
+    """SegFormer followed by the argmax over classes: (B, C, H, W) -> (B, H, W) int64."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -57,7 +59,7 @@ def export_onnx(
     model.eval()  # eval: BatchNorm folds into the head's weights, dropout and drop-path are off
     net, name = (ClassMap(model), "classes") if classes else (model, "logits")
     axes = {0: "batch", 1 if classes else 2: "height", 2 if classes else 3: "width"}
-    x = torch.randn(1, 3, *size)
+    x = torch.randn(1, getattr(model, "in_channels", 3), *size)
     with warnings.catch_warnings():
         # the head's "already at this size?" test is constant for any input over 4 pixels
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -133,17 +135,23 @@ def export(cfg: DictConfig) -> list[float]:
     ckpt_path, output = Path(cfg.ckpt_path).expanduser(), Path(cfg.output).expanduser()
     model = SegFormer.from_pretrained(ckpt_path)
     names = checkpoint_class_names(ckpt_path) or [str(i) for i in range(model.num_classes)]
+    stored = checkpoint_input_format(ckpt_path)
+    image_format = ImageFormat.from_dict(stored or {"in_channels": model.in_channels})
+    mean, std = image_format.mean_std()  # stored units: on [0, 1] after / max_value
+    scale = image_format.max_value
     metadata = {
         "variant": model.variant,
         "num_classes": str(model.num_classes),
         "class_names": json.dumps(names),
-        "mean": json.dumps((IMAGENET_MEAN / 255).round(6).tolist()),  # on RGB in [0, 1]
-        "std": json.dumps((IMAGENET_STD / 255).round(6).tolist()),
+        "in_channels": str(model.in_channels),
+        "max_value": json.dumps(scale),
+        "mean": json.dumps((mean / scale).round(6).tolist()),  # on values / max_value
+        "std": json.dumps((std / scale).round(6).tolist()),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     size = (cfg.height, cfg.width)
     export_onnx(model, output, size, cfg.opset, cfg.classes, metadata)
-    shapes = [(1, 3, *size), (2, 3, *cfg.check_size)]
+    shapes = [(1, model.in_channels, *size), (2, model.in_channels, *cfg.check_size)]
     diffs = check_onnx(model, output, shapes, cfg.atol)
     what = "top-logit gap / 2" if cfg.classes else "max abs diff"
     for shape, diff in zip(shapes, diffs, strict=True):

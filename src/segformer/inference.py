@@ -218,9 +218,16 @@ def predict_classes(
 
 
 @torch.inference_mode()
-def segment(model: nn.Module, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
-    """Class maps (B, H, W) int64 for uint8 RGB images (B, H, W, 3) of one size, on the model's
-    device, in any inference mode (default: whole image at its own size)."""
+def segment(
+    model: nn.Module,
+    images: np.ndarray,
+    cfg: InferenceConfig | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Class maps (B, H, W) int64 for images (B, H, W, C) of one size (uint8 RGB normalised with
+    the ImageNet statistics, or any bands with their ``mean`` / ``std`` in stored units), on the
+    model's device, in any inference mode (default: whole image at its own size)."""
     device = next(model.parameters()).device
-    x = normalize(torch.from_numpy(images).to(device))  # (B, 3, H, W)
+    x = normalize(torch.from_numpy(images).to(device), mean, std)  # (B, C, H, W)
     return predict_classes(model, x, cfg or InferenceConfig()).cpu().numpy()

@@ -1,4 +1,5 @@
-"""Segmentation metrics (mIoU, mAcc, aAcc) from a confusion matrix, as a table and a figure."""
+"""Segmentation metrics (mIoU, mAcc, aAcc, mDice, mFscore, mPrecision, mRecall) from a confusion
+matrix, as a table and a figure."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ class SegmentationMetrics(Metric):
     IoU_k = TP / (TP + FP + FN) and Acc_k = TP / (TP + FN) per class; mIoU and mAcc are the
     nan-means, so a class absent from both prediction and ground truth (IoU NaN) or from the
     ground truth (Acc NaN) does not count, while a class that is only predicted scores IoU 0.
-    aAcc is the pixel accuracy. The only state is the (K, K) confusion matrix, summed across
-    processes, so the metrics are exact under DDP.
+    aAcc is the pixel accuracy. As mmseg's mDice / mFscore: Dice_k = 2 TP / (2 TP + FP + FN),
+    Precision_k = TP / (TP + FP), Recall_k = TP / (TP + FN) (= Acc_k) and Fscore_k =
+    (1 + beta^2) P R / (beta^2 P + R) with beta = 1 (NaN where P or R is, so a class never
+    predicted has Dice 0 but Fscore NaN); their means are nan-means too. The only state is the
+    (K, K) confusion matrix, summed across processes, so the metrics are exact under DDP.
     """
 
     is_differentiable = False
@@ -31,10 +35,13 @@ class SegmentationMetrics(Metric):
     full_state_update = False
     confmat: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, beta: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.beta = beta
         # rows: ground truth, columns: prediction
         self.add_state(
             "confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
@@ -68,12 +75,25 @@ class SegmentationMetrics(Metric):
         gt, pred = cm.sum(1), cm.sum(0)
         iou = tp / (gt + pred - tp)  # 0 / 0 = NaN for classes absent from both
         acc = tp / gt  # NaN for classes absent from the ground truth
+        dice = 2 * tp / (gt + pred)  # NaN for classes absent from both
+        precision = tp / pred  # NaN for classes never predicted
+        recall = acc
+        beta2 = self.beta**2
+        fscore = (1 + beta2) * precision * recall / (beta2 * precision + recall)
         return {
             "mIoU": iou.nanmean(),
             "mAcc": acc.nanmean(),
             "aAcc": tp.sum() / cm.sum(),
+            "mDice": dice.nanmean(),
+            "mFscore": fscore.nanmean(),
+            "mPrecision": precision.nanmean(),
+            "mRecall": recall.nanmean(),
             "IoU": iou,
             "Acc": acc,
+            "Dice": dice,
+            "Fscore": fscore,
+            "Precision": precision,
+            "Recall": recall,
             "confmat": self.confmat.clone(),
         }
 
@@ -82,23 +102,44 @@ def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.2f}"
 
 
+# per-class results -> the table column and the mean's key (the columns of metrics_table)
+PER_CLASS = {
+    "IoU": "mIoU",
+    "Acc": "mAcc",
+    "Dice": "mDice",
+    "Fscore": "mFscore",
+    "Precision": "mPrecision",
+    "Recall": "mRecall",
+}
+SUMMARY = ("mIoU", "mAcc", "aAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+
+
+def per_class_results(
+    results: dict[str, Tensor], class_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """{class name: {"IoU": ..., "Acc": ..., "Dice": ...}} of the results present."""
+    keys = [k for k in PER_CLASS if k in results]
+    return {name: {k: float(results[k][i]) for k in keys} for i, name in enumerate(class_names)}
+
+
 def metrics_table(
     results: dict[str, Tensor], class_names: Sequence[str], title: str = "Segmentation metrics"
 ) -> Table:
-    """Per-class IoU and Acc in %, "-" for absent classes, mean row and aAcc in the caption."""
-    ious, accs = results["IoU"].tolist(), results["Acc"].tolist()
-    if len(class_names) != len(ious):
-        raise ValueError(f"got {len(class_names)} class names for {len(ious)} classes")
+    """Per-class IoU, Acc, Dice, Fscore, Precision, Recall in % (those present in `results`),
+    "-" for NaN (absent classes), mean row and aAcc in the caption."""
+    columns = [k for k in PER_CLASS if k in results]
+    if len(class_names) != len(results["IoU"]):
+        raise ValueError(f"got {len(class_names)} class names for {len(results['IoU'])} classes")
     table = Table(title=title, caption=f"aAcc {_percent(float(results['aAcc']))}")
     table.add_column("Class")
-    table.add_column("IoU (%)", justify="right")
-    table.add_column("Acc (%)", justify="right")
-    for name, iou, acc in zip(class_names, ious, accs, strict=True):
-        table.add_row(name, _percent(iou), _percent(acc))
+    for key in columns:
+        table.add_column(f"{'Prec' if key == 'Precision' else key} (%)", justify="right")
+    values = [results[k].tolist() for k in columns]
+    for i, name in enumerate(class_names):
+        table.add_row(name, *(_percent(v[i]) for v in values))
     table.add_section()
-    table.add_row(
-        "mean", _percent(float(results["mIoU"])), _percent(float(results["mAcc"])), style="bold"
-    )
+    means = [_percent(float(results[PER_CLASS[k]])) for k in columns]
+    table.add_row("mean", *means, style="bold")
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 
 from segformer.inference import InferenceConfig, predict_classes
-from segformer.metrics import SegmentationMetrics, metrics_table
+from segformer.losses import build_loss
+from segformer.metrics import PER_CLASS, SUMMARY, SegmentationMetrics, metrics_table
 from segformer.models import SegFormer, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
 from segformer.optim import param_groups
@@ -26,6 +28,12 @@ class SegFormerModule(L.LightningModule):
 
     Hyper-parameters are plain values and dicts (``optimizer``/``scheduler`` hold a ``_target_``),
     so checkpoints load with ``weights_only=True``.
+
+    ``in_channels``: input bands (``model.in_channels``, = ``data.in_channels``); ``input_format``:
+    the data's reading and normalisation (``data.channels.ImageFormat.to_dict``), kept in the
+    checkpoint for predict and export. ``loss``: None = the paper's cross-entropy (``loss``),
+    else ``losses.build_loss`` terms. ``freeze_stages``: encoder stages not trained (-1 = all;
+    ``MixTransformer.freeze_stages``).
     """
 
     def __init__(
@@ -48,6 +56,10 @@ class SegFormerModule(L.LightningModule):
         nonfinite_loss: str = "raise",
         inference: dict[str, Any] | None = None,
         model: SegFormer | None = None,
+        in_channels: int = 3,
+        input_format: dict[str, Any] | None = None,
+        loss: Any = None,
+        freeze_stages: int = 0,
     ) -> None:
         super().__init__()
         # not sent to the loggers: the entry points log the whole resolved config once
@@ -60,7 +72,17 @@ class SegFormerModule(L.LightningModule):
             drop_path_rate=drop_path_rate,
             dropout=dropout,
             ln_eps_preset=ln_eps_preset,
+            in_channels=in_channels,
         )
+        if input_format is not None and input_format.get("in_channels", 3) != in_channels:
+            raise ValueError(
+                f"model.in_channels={in_channels} but the data gives "
+                f"{input_format['in_channels']} channels (data.in_channels); set both alike"
+            )
+        if freeze_stages:
+            self.model.encoder.freeze_stages(freeze_stages)
+        # None: the default loss path below, exactly the paper's cross-entropy
+        self.criterion = None if loss is None else build_loss(loss)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(
@@ -99,8 +121,13 @@ class SegFormerModule(L.LightningModule):
         exactly F.cross_entropy(F.interpolate(...), weight=class_weights), but 0 (with zero
         gradients) for a batch without a labelled pixel (models/valid_pixels.py). On the CPU it
         runs in row bands, so the full-resolution logits never exist there; on other devices
-        ATen's fused interpolate + cross-entropy are faster (see ``models/upsample.py``)."""
+        ATen's fused interpolate + cross-entropy are faster (see ``models/upsample.py``).
+        With ``model.loss`` set, the weighted terms of ``losses.build_loss`` instead."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
+            if self.criterion is not None:
+                return self.criterion(
+                    logits.float(), masks, self.hparams.ignore_index, self.class_weight
+                )
             return upsample_cross_entropy(
                 logits.float(), masks, self.hparams.ignore_index, self.class_weight
             )
@@ -118,6 +145,9 @@ class SegFormerModule(L.LightningModule):
         self._nonfinite_in_a_row = 0
         self._count_void(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        if self.criterion is not None and len(self.criterion.terms) > 1:
+            for name, value in self.criterion.last.items():  # each term of a combined loss
+                self.log(f"train/loss_{name}", value, batch_size=batch["image"].shape[0])
         return loss
 
     def _count_void(self, batch: dict[str, Any]) -> None:
@@ -161,6 +191,10 @@ class SegFormerModule(L.LightningModule):
             load_encoder_weights(self.model.encoder, self.hparams.pretrained)
 
     def setup(self, stage: str) -> None:
+        if self.model.encoder.frozen_stages:
+            # frozen stages are in eval mode on purpose (no drop path): Lightning's notice of
+            # "modules in eval mode at the start of training" is expected then
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if self.hparams.compile and stage == "fit":
             self.model.compile()
         if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size > 1:
@@ -277,7 +311,7 @@ class SegFormerModule(L.LightningModule):
         results = metrics.compute()  # summed over processes (confusion-matrix state)
         metrics.reset()
         self.last_results[split] = results
-        for key in ("mIoU", "mAcc", "aAcc"):
+        for key in SUMMARY:
             self.log(f"{split}/{key}", results[key].item(), prog_bar=key == "mIoU")
         for name, iou in zip(self.class_names, results["IoU"].tolist(), strict=True):
             if not math.isnan(iou):
@@ -297,15 +331,12 @@ class SegFormerModule(L.LightningModule):
             out = Path(self.trainer.default_root_dir) / f"{split}_per_class.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(console.export_text())
-        rows = [
-            [name, iou, acc]
-            for name, iou, acc in zip(
-                self.class_names, results["IoU"].tolist(), results["Acc"].tolist(), strict=True
-            )
-        ]
+        columns = list(PER_CLASS)
+        values = [results[k].tolist() for k in columns]
+        rows = [[name, *(v[i] for v in values)] for i, name in enumerate(self.class_names)]
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table(f"{split}/per_class", columns=["class", "IoU", "Acc"], data=rows)
+                logger.log_table(f"{split}/per_class", columns=["class", *columns], data=rows)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.AdamW", "lr": 6e-5})

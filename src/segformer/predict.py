@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,15 +40,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from segformer.data.channels import TIFF_SUFFIXES, ImageFormat
 from segformer.data.files import IMAGE_SUFFIXES
 from segformer.data.labels import default_palette
-from segformer.data.reading import read_image
 from segformer.inference import InferenceConfig, segment
 from segformer.models import SegFormer
-from segformer.models.convert import checkpoint_class_names
+from segformer.models.convert import checkpoint_class_names, checkpoint_input_format
 from segformer.precision import resolve_precision
 from segformer.utils import hydra_cli, print_config, register_resolvers
-from segformer.visualize import colorize, overlay
+from segformer.visualize import colorize, display_rgb, overlay
 
 register_resolvers()
 
@@ -81,6 +82,15 @@ def find_images(path: Path, recursive: bool = False, exclude: Path | None = None
 
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the header, EXIF rotation applied (as cv2.imread does); only groups batches."""
+    if path.suffix.lower() in TIFF_SUFFIXES:  # tifffile: PIL opens few multi-band TIFFs
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+        except (tifffile.TiffFileError, ValueError, IndexError) as err:
+            raise OSError(f"cannot read image {path}: {err}") from None
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -118,6 +128,29 @@ def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[
     return names, default_palette(num_classes)
 
 
+def input_format(cfg: DictConfig, path: Path, in_channels: int) -> ImageFormat:
+    """How to read and normalise the inputs: ``data=``'s settings if given, else those stored
+    in the checkpoint at training, else 8-bit RGB with ImageNet statistics (for other band
+    counts their ImageNet-cycled version, with a note: say it with ``data=...``)."""
+    if cfg.get("data") is not None:
+        fmt = instantiate(cfg.data).image_format  # nothing is read from disk
+    elif (stored := checkpoint_input_format(path)) is not None:
+        fmt = ImageFormat.from_dict(stored)
+    else:
+        fmt = ImageFormat(in_channels=in_channels)
+        if in_channels != 3:
+            print(
+                f"{path}: no input format stored; reading {in_channels}-band images as 8-bit "
+                "with ImageNet statistics (give data=... data.mean=... data.std=... otherwise)"
+            )
+    if fmt.in_channels != in_channels:
+        raise ValueError(
+            f"{path}: the checkpoint takes {in_channels} input channels but the data format "
+            f"reads {fmt.in_channels} (data.in_channels)"
+        )
+    return fmt
+
+
 def write_prediction(
     target: Path,
     image: np.ndarray,
@@ -126,14 +159,16 @@ def write_prediction(
     alpha: float = 0.5,
     overlay_format: str = "jpg",
 ) -> None:
-    """``target``.png (ids), ``target``_color.png (palette PNG) and ``target``_overlay.<fmt>."""
+    """``target``.png (ids), ``target``_color.png (palette PNG) and ``target``_overlay.<fmt>;
+    ``image`` is shown through ``display_rgb`` (first three bands, 16-bit stretched)."""
     ids_path, color_path, overlay_path = output_files(target, overlay_format)
     ids = Image.fromarray(pred.astype(np.uint8))  # mode L
     ids.save(ids_path)
     color = ids.copy()
     color.putpalette(palette.reshape(-1).tolist())  # L -> P, the same bytes
     color.save(color_path)
-    Image.fromarray(overlay(image, colorize(pred, palette), alpha)).save(overlay_path)
+    view = display_rgb(image)
+    Image.fromarray(overlay(view, colorize(pred, palette), alpha)).save(overlay_path)
 
 
 def output_files(target: Path, overlay_format: str = "jpg") -> list[Path]:
@@ -192,6 +227,8 @@ def predict(cfg: DictConfig) -> Path:
     if model.num_classes > 256:
         raise ValueError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
     names, palette = class_metadata(cfg, ckpt_path, model.num_classes)
+    image_format = input_format(cfg, ckpt_path, model.in_channels)
+    mean, std = image_format.mean_std()
     settings = OmegaConf.to_container(cfg.inference, resolve=True)
     inference = InferenceConfig(**{k: v for k, v in settings.items() if v is not None})
 
@@ -217,18 +254,21 @@ def predict(cfg: DictConfig) -> Path:
         # decoding the next batch and encoding the outputs overlap the inference (the codecs
         # release the GIL); at most two batches of outputs wait to be written
         with ThreadPoolExecutor(max_workers=2) as io:
-            ahead = io.submit(read_images, batches[0], skipped) if batches else None
+            ahead = (
+                io.submit(read_images, batches[0], skipped, image_format.read) if batches else None
+            )
             writing: deque[Future] = deque()
             for i, batch in enumerate(batches):
                 loaded = ahead.result()
                 if i + 1 < len(batches):
-                    ahead = io.submit(read_images, batches[i + 1], skipped)
+                    ahead = io.submit(read_images, batches[i + 1], skipped, image_format.read)
                 progress.advance(task, len(batch) - len(loaded))
                 # the header size may disagree with the decoded one (EXIF): regroup by shape
                 for shape in dict.fromkeys(im.shape for _, im in loaded):
                     group = [(p, im) for p, im in loaded if im.shape == shape]
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        preds = segment(model, np.stack([im for _, im in group]), inference)
+                        pixels = np.stack([im for _, im in group])
+                        preds = segment(model, pixels, inference, mean, std)
                     for (path, image), pred in zip(group, preds, strict=True):
                         targets[path].parent.mkdir(parents=True, exist_ok=True)
                         args = (targets[path], image, pred, palette, cfg.alpha)
@@ -253,13 +293,15 @@ def read_sizes(images: list[Path]) -> tuple[dict[Path, tuple[int, int]], dict[Pa
     return sizes, skipped
 
 
-def read_images(paths: list[Path], skipped: dict[Path, str]) -> list[tuple[Path, np.ndarray]]:
-    """(path, RGB image) of the paths that decode; the others go to ``skipped`` with their
+def read_images(
+    paths: list[Path], skipped: dict[Path, str], read: Callable[[Path], np.ndarray]
+) -> list[tuple[Path, np.ndarray]]:
+    """(path, image) of the paths that ``read`` decodes; the others go to ``skipped`` with their
     error (a header can read while the data is truncated)."""
     loaded = []
     for path in paths:
         try:
-            loaded.append((path, read_image(path)))
+            loaded.append((path, read(path)))
         except (OSError, ValueError) as err:
             skipped[path] = str(err)
     return loaded

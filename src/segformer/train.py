@@ -36,6 +36,7 @@ from segformer.utils import (
     instantiate_loggers,
     print_config,
     register_resolvers,
+    step_based_trainer_kwargs,
 )
 
 register_resolvers()
@@ -165,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         **fixed,
         callbacks=callbacks,
         logger=instantiate_loggers(cfg.get("logger"), output_dir) or False,
+        **step_based_trainer_kwargs(cfg.trainer),
     )
     for logger in trainer.loggers:  # the module logs none itself: the config once, resolved
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -56,7 +56,7 @@ def _run_dir(base: str, stamp: str, ckpt_path: str | None) -> str:
     return f"{base}/{stamp}"
 
 
-def _per_device(global_batch: int, devices: Any, num_nodes: int = 1) -> int:
+def _per_process(global_batch: int, devices: Any, num_nodes: int = 1) -> int:
     # the paper gives global batches (16 for ADE20K, 8 for Cityscapes); split them over processes
     n = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else devices
     if not isinstance(n, int) or n < 1:
@@ -67,6 +67,33 @@ def _per_device(global_batch: int, devices: Any, num_nodes: int = 1) -> int:
     return global_batch // world
 
 
+def batch_split(
+    global_batch: int, devices: Any, num_nodes: int = 1, max_per_device: int | None = None
+) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) giving ``global_batch`` over the processes:
+    the largest per-device batch <= ``max_per_device`` (None: no limit) that divides the
+    per-process share, the rest made up by accumulating that many batches per step."""
+    share = _per_process(global_batch, devices, num_nodes)
+    if max_per_device is None or share <= int(max_per_device):
+        return share, 1
+    if int(max_per_device) < 1:
+        raise ValueError(f"max_batch_per_device={max_per_device}; expected >= 1")
+    batch = max(b for b in range(1, int(max_per_device) + 1) if share % b == 0)
+    return batch, share // batch
+
+
+def _per_device(
+    global_batch: int, devices: Any, num_nodes: int = 1, max_per_device: int | None = None
+) -> int:
+    return batch_split(global_batch, devices, num_nodes, max_per_device)[0]
+
+
+def _accumulate(
+    global_batch: int, devices: Any, num_nodes: int = 1, max_per_device: int | None = None
+) -> int:
+    return batch_split(global_batch, devices, num_nodes, max_per_device)[1]
+
+
 def _variant_field(variant: str, field: str) -> Any:
     # configs read the variant table, e.g. ${variant:${model.variant},imagenet_file}
     from segformer.models.variants import get_variant
@@ -75,7 +102,12 @@ def _variant_field(variant: str, field: str) -> Any:
 
 
 def register_resolvers() -> None:
-    resolvers = {"run_dir": _run_dir, "per_device": _per_device, "variant": _variant_field}
+    resolvers = {
+        "run_dir": _run_dir,
+        "per_device": _per_device,
+        "accumulate": _accumulate,
+        "variant": _variant_field,
+    }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -146,8 +178,28 @@ def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
         class_names=list(datamodule.class_names),
         ignore_index=datamodule.ignore_index,
     )
+    image_format = getattr(datamodule, "image_format", None)
+    if image_format is not None:  # how the data reads images: checked, and kept for predict
+        if kwargs.get("in_channels", 3) != image_format.in_channels:
+            raise ValueError(
+                f"model.in_channels={kwargs.get('in_channels', 3)} but data.in_channels="
+                f"{image_format.in_channels}: the model must take the bands the data gives"
+            )
+        kwargs["input_format"] = image_format.to_dict()
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+def step_based_trainer_kwargs(trainer_cfg: Any) -> dict[str, Any]:
+    """Trainer arguments that keep the configs' "optimizer steps" meaning under gradient
+    accumulation: Lightning counts an int ``val_check_interval`` in training batches, so it is
+    multiplied by ``accumulate_grad_batches`` (validation, and the checkpoint saved with it,
+    then fall on step boundaries, where the resumable sampler's position is exact)."""
+    accumulate = int(trainer_cfg.get("accumulate_grad_batches") or 1)
+    interval = trainer_cfg.get("val_check_interval")
+    if accumulate > 1 and isinstance(interval, int) and not isinstance(interval, bool):
+        return {"val_check_interval": interval * accumulate}
+    return {}
 
 
 def finish_wandb() -> None:

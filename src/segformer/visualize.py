@@ -12,12 +12,35 @@ from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 IGNORE_COLOR = (0, 0, 0)
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """ImageNet-normalised (3, H, W) float -> (H, W, 3) uint8."""
-    mean = image.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]  # 0-255 scale
-    std = image.new_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-    rgb = (image.float() * std + mean).clamp(0, 255)
-    return rgb.round().byte().permute(1, 2, 0).cpu().numpy()
+def display_rgb(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """An (H, W, 3) uint8 view of an (H, W, C) image in stored values: the first three bands as
+    RGB (one or two bands: the first as gray); uint8 and 8-bit-range values as they are, wider
+    ranges (16-bit, float) stretched per band from the `low` to the `high` percentile."""
+    bands = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    if bands.dtype == np.uint8:
+        return np.ascontiguousarray(bands)
+    values = bands.astype(np.float32)
+    if bands.dtype != np.uint16 and values.min() >= -0.5 and values.max() <= 255.5:
+        return np.clip(values, 0, 255).round().astype(np.uint8)
+    lo, hi = np.percentile(values.reshape(-1, 3), [low, high], axis=0)  # (3,) each
+    stretched = (values - lo) / np.maximum(hi - lo, 1e-6) * 255
+    return np.clip(stretched, 0, 255).round().astype(np.uint8)
+
+
+def denormalize(
+    image: torch.Tensor,
+    mean: Sequence[float] | np.ndarray | None = None,
+    std: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Normalised (C, H, W) float -> (H, W, 3) uint8 to look at: the stored values back
+    (default ImageNet statistics, 8-bit RGB), then ``display_rgb`` for other band counts and
+    bit depths."""
+    mean = image.new_tensor(IMAGENET_MEAN if mean is None else mean, dtype=torch.float32)
+    std = image.new_tensor(IMAGENET_STD if std is None else std, dtype=torch.float32)
+    values = image.float() * std[:, None, None] + mean[:, None, None]  # stored units
+    if values.shape[0] == 3 and values.min() >= -0.5 and values.max() <= 255.5:
+        return values.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return display_rgb(values.permute(1, 2, 0).cpu().numpy())
 
 
 def colorize(mask: np.ndarray | torch.Tensor, palette: np.ndarray) -> np.ndarray:

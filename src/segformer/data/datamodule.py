@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segformer.data.channels import ImageFormat
 from segformer.data.collate import eval_collate
 from segformer.data.dataset import SegmentationDataset
 from segformer.data.files import Sample
-from segformer.data.labels import default_palette
+from segformer.data.label_checks import check_labels
+from segformer.data.labels import default_palette, value_label_map
 from segformer.data.sampler import ResumableSampler, ShardSampler
 from segformer.data.transforms import Compose, eval_transform, train_transform
 from segformer.sizes import pair
@@ -37,6 +39,15 @@ class SegmentationDataModule(L.LightningDataModule):
     resize val/test images (not masks) in the loader; None leaves the eval resize to inference.
     eval: the dataset's inference settings ({mode, scale, align, crop, stride}) for the model
     config; kept as-is in `eval_settings`. seed: seeds shuffling and augmentation workers.
+
+    Your own data (see data/channels.py, data/label_checks.py, transforms.train_transform):
+    in_channels, bands, keep_alpha, mean, std, max_value: how images are read and normalised
+    (`image_format`). label_map: {stored mask value: class id}, replacing the dataset's own
+    mapping; unnamed values are errors (ignore_index stays ignored). train_transforms: the
+    augmentation steps (instantiated `_target_`s; albumentations ones are wrapped), replacing
+    the paper's pipeline built from scale / ratio_range / cat_max_ratio / photometric; Normalize
+    and Pad to crop_size always follow. label_check_files: masks of the train and val splits
+    read at fit start to catch 0/255 masks and one-class splits (0 = off).
     """
 
     CLASSES: tuple[str, ...] = ()
@@ -62,6 +73,15 @@ class SegmentationDataModule(L.LightningDataModule):
         eval_resize: Sequence[int] | None = None,
         eval: Mapping[str, Any] | None = None,  # named like the config key the model reads
         seed: int = 0,
+        in_channels: int = 3,
+        bands: Sequence[int] | None = None,
+        keep_alpha: bool = False,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        max_value: float = 255.0,
+        label_map: Mapping[int, int] | None = None,
+        train_transforms: Sequence[Any] | None = None,
+        label_check_files: int = 64,
     ) -> None:
         super().__init__()
         if not 0 <= ignore_index <= 255:
@@ -76,6 +96,23 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.eval_settings = dict(eval or {})
         self.seed = seed
+        self.image_format = ImageFormat.from_dict(
+            {
+                "in_channels": in_channels,
+                "bands": bands,
+                "keep_alpha": keep_alpha,
+                "mean": mean,
+                "std": std,
+                "max_value": max_value,
+            }
+        )
+        # stored mask value -> class id (named so, as `label_map(split)` is the dataset's own)
+        self.value_map = (
+            None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
+        )
+        self.label_check_files = label_check_files
+        self._labels_checked: set[str] = set()
+        norm_mean, norm_std = self.image_format.mean_std()
         self.train_transform: Compose = train_transform(
             self.crop_size,
             pair(scale, "scale"),
@@ -83,9 +120,12 @@ class SegmentationDataModule(L.LightningDataModule):
             cat_max_ratio,
             ignore_index,
             photometric,
+            train_transforms,
+            norm_mean,
+            norm_std,
         )
         self.eval_transform: Compose = eval_transform(
-            None if eval_resize is None else pair(eval_resize, "eval_resize")
+            None if eval_resize is None else pair(eval_resize, "eval_resize"), norm_mean, norm_std
         )
         self.datasets: dict[tuple[str, bool], Dataset] = {}
 
@@ -101,6 +141,11 @@ class SegmentationDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.CLASSES)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the model sees (`data.in_channels`)."""
+        return self.image_format.in_channels
 
     @property
     def palette(self) -> np.ndarray:
@@ -140,14 +185,41 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"{self.name}: split {split!r} under {self.root} is empty. {layout}")
         return samples
 
+    def label_lookup(self, split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(lookup table stored value -> train id, allowed stored values) of `split`:
+        `data.label_map` when given (unnamed values are errors), else `label_map(split)`."""
+        if self.value_map is None:
+            return self.label_map(split), None
+        valid = set(range(self.num_classes)) | {self.ignore_index}
+        bad = {raw: k for raw, k in self.value_map.items() if k not in valid}
+        if bad:
+            raise ValueError(
+                f"{self.name}: data.label_map maps {bad} to class ids outside 0-"
+                f"{self.num_classes - 1} (num_classes={self.num_classes}) and ignore_index="
+                f"{self.ignore_index}"
+            )
+        return value_label_map(self.value_map, self.ignore_index)
+
+    def maps_labels(self, split: str) -> bool:
+        """Whether stored mask values go through a map (data.label_map, the dataset's own
+        label map, or a palette for RGB masks) rather than being class ids as they are."""
+        return (
+            self.value_map is not None
+            or self.label_map(split) is not None
+            or len(self.mask_palette) > 0
+        )
+
     def make_dataset(self, split: str, train: bool) -> Dataset:
+        lut, allowed = self.label_lookup(split)
         return SegmentationDataset(
             self.samples(split),
             self.train_transform if train else self.eval_transform,
-            self.label_map(split),
+            lut,
             self.mask_palette,
             self.ignore_index,
             self.num_classes,
+            allowed,
+            self.image_format,
         )
 
     def dataset(self, split: str, train: bool) -> Dataset:
@@ -166,6 +238,24 @@ class SegmentationDataModule(L.LightningDataModule):
         }[stage]
         for split, train in splits:
             self.dataset(split, train)
+        if stage == "fit":
+            self.check_labels(self.train_split, strict=True)
+            self.check_labels(self.val_split, strict=False)
+
+    def check_labels(self, split: str, strict: bool = True) -> None:
+        """data/label_checks.py on `split` (once per split; files datasets only)."""
+        dataset = self.dataset(split, split == self.train_split)
+        if not isinstance(dataset, SegmentationDataset) or split in self._labels_checked:
+            return
+        check_labels(
+            dataset,
+            split,
+            self.class_names,
+            self.label_check_files,
+            self.maps_labels(split),
+            strict=strict,
+        )
+        self._labels_checked.add(split)
 
     # --- loaders
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -1,5 +1,6 @@
-"""(image, mask) file pairs -> sample dicts {"image": float32 (3, H, W) ImageNet-normalised,
-"mask": int64 (H, W) with ignore_index for ignored pixels, "name": str}."""
+"""(image, mask) file pairs -> sample dicts {"image": float32 (C, H, W) normalised (ImageNet for
+8-bit RGB, see data/channels.py), "mask": int64 (H, W) with ignore_index for ignored pixels,
+"name": str}."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -8,8 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segformer.data.channels import ImageFormat
 from segformer.data.files import Sample
-from segformer.data.reading import read_image, read_mask
+from segformer.data.reading import read_mask
 from segformer.data.sampler import SampleKey
 from segformer.data.transforms import Transform, eval_transform
 
@@ -28,10 +30,10 @@ def unpack_key(key: int | SampleKey) -> tuple[int, np.random.Generator]:
 def make_sample(
     image: np.ndarray, mask: np.ndarray, name: str, transform: Transform, rng: np.random.Generator
 ) -> dict:
-    """Transform a uint8 (H, W, 3) image and (H, W) mask into the sample dict."""
+    """Transform an (H, W, C) image and (H, W) mask into the sample dict."""
     image, mask = transform(image, mask, rng)
     return {
-        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W)
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (C, H, W)
         "mask": torch.from_numpy(mask.astype(np.int64)),  # (H, W)
         "name": name,
     }
@@ -43,6 +45,9 @@ class SegmentationDataset(Dataset):
     label_map: uint8 (256,) raw mask value -> train id (None: masks hold train ids already).
     palette: uint8 (K, 3) used to decode RGB masks; colours outside it become ignore_index.
     num_classes: train ids must lie in [0, num_classes) or be ignore_index (None: unchecked).
+    allowed_values: bool (256,) stored values a mask may hold (data.label_map given: the values
+    it names, and ignore_index); others raise an error naming the file. None: any.
+    image_format: how images are read (bands, bit depth; data/channels.py). None: 8-bit RGB.
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class SegmentationDataset(Dataset):
         palette: np.ndarray | None = None,
         ignore_index: int = 255,
         num_classes: int | None = None,
+        allowed_values: np.ndarray | None = None,
+        image_format: ImageFormat | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform or eval_transform()
@@ -60,6 +67,8 @@ class SegmentationDataset(Dataset):
         self.palette = palette if palette is not None else np.zeros((0, 3), np.uint8)
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.allowed_values = allowed_values
+        self.image_format = image_format or ImageFormat()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -70,21 +79,47 @@ class SegmentationDataset(Dataset):
         return make_sample(image, mask, self.samples[index][0].stem, self.transform, rng)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample `index` untransformed: uint8 (H, W, 3) RGB image, uint8 (H, W) train ids.
-        Bad data raises OSError / ValueError naming the file (also from a DataLoader worker)."""
+        """Sample `index` untransformed: (H, W, C) image as `image_format` reads it (uint8 RGB
+        by default), uint8 (H, W) train ids. Bad data raises OSError / ValueError naming the
+        file (also from a DataLoader worker)."""
         image_path, mask_path = self.samples[index]
-        image, mask = read_image(image_path), self.read_mask(mask_path)
+        image, mask = self.read_image(image_path), self.read_mask(mask_path)
         self.check_size(image, mask, image_path, mask_path)
         return image, mask
 
+    def read_image(self, path: Path) -> np.ndarray:
+        """(H, W, C) image of `path` (for 8-bit images and the default format: exactly
+        reading.read_image, uint8 RGB)."""
+        return self.image_format.read(path)
+
     def read_mask(self, path: Path) -> np.ndarray:
         """uint8 (H, W) train ids of mask `path`: decoded, label-mapped, range-checked."""
-        mask = read_mask(path, self.palette, self.ignore_index)
-        if self.label_map is not None:
-            mask = self.label_map[mask]
+        return self.map_labels(self.read_raw_mask(path), path)
+
+    def read_raw_mask(self, path: Path) -> np.ndarray:
+        """uint8 (H, W) stored values of mask `path` (palette colours decoded to ids)."""
+        return read_mask(path, self.palette, self.ignore_index)
+
+    def map_labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Stored values -> train ids (label map), with the unmapped-value and range checks."""
+        if self.allowed_values is not None:
+            self.check_mapped(raw, path)
+        mask = raw if self.label_map is None else self.label_map[raw]
         if self.num_classes is not None:
             self.check_ids(mask, path)
         return mask
+
+    def check_mapped(self, raw: np.ndarray, path: Path) -> None:
+        assert self.allowed_values is not None
+        counts = np.bincount(raw.ravel(), minlength=256)
+        unmapped = np.flatnonzero((counts > 0) & ~self.allowed_values)
+        if len(unmapped):
+            named = np.flatnonzero(self.allowed_values).tolist()
+            raise ValueError(
+                f"mask {path} holds value(s) {unmapped.tolist()} ({counts[unmapped].sum()} "
+                f"pixels) that data.label_map does not map (it maps {named}); add them to the "
+                f"map, to a class id or to {self.ignore_index} to ignore them"
+            )
 
     def check_ids(self, mask: np.ndarray, path: Path) -> None:
         # a wrong num_classes in the config shows up here too: as ids beyond the last class
@@ -95,10 +130,16 @@ class SegmentationDataset(Dataset):
             y, x = np.argwhere(bad)[0]
             k = self.num_classes
             mapped = " after the label map" if self.label_map is not None else ""
+            hint = (
+                ""
+                if self.label_map is not None
+                else f" Values found: {np.unique(mask[bad]).tolist()[:8]}; map stored values to "
+                "class ids with data.label_map={value: class id}"
+            )
             raise ValueError(
                 f"mask {path} has value {mask[y, x]}{mapped} at (y={y}, x={x}) ({bad.sum()} "
                 f"such pixels) but the dataset has num_classes={k} (ids 0-{k - 1}, ignore "
-                f"{self.ignore_index}): wrong num_classes or a mask saved in another format?"
+                f"{self.ignore_index}): wrong num_classes or a mask saved in another format?" + hint
             )
 
     @staticmethod

@@ -15,6 +15,29 @@ def make_label_map(mapping: Mapping[int, int], default: int | None = None) -> np
     return lut
 
 
+def value_label_map(
+    mapping: Mapping[int, int], ignore_index: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
+    """`data.label_map` {stored mask value: class id} -> (lookup table, allowed stored values).
+
+    Stored values the map does not name are errors when read (see SegmentationDataset), except
+    ignore_index itself, which stays ignored unless the map names it: a value to ignore must be
+    mapped to ignore_index explicitly, so no label disappears unnoticed.
+    """
+    lut = make_label_map({}, default=ignore_index)
+    allowed = np.zeros(256, bool)
+    allowed[ignore_index] = True
+    for raw, train_id in mapping.items():
+        raw, train_id = int(raw), int(train_id)
+        if not (0 <= raw <= 255 and 0 <= train_id <= 255):
+            raise ValueError(
+                f"data.label_map entry {raw}: {train_id}: stored values and class ids must be "
+                "0-255 (masks are 8-bit)"
+            )
+        lut[raw], allowed[raw] = train_id, True
+    return lut, allowed
+
+
 def reduce_zero_label_map(ignore_index: int = 255) -> np.ndarray:
     """mmseg reduce_zero_label: 0 (unlabelled) -> ignore, v -> v - 1, 255 -> ignore."""
     shifted = {v: v - 1 for v in range(1, 255)}

@@ -1,19 +1,26 @@
 """Paired image/mask transforms: the SegFormer (mmseg) train pipeline and the eval transform.
 
-Every transform maps (image uint8 (H, W, 3) RGB, mask uint8 (H, W)) with an explicit
-`np.random.Generator` to a new pair, so seeding stays with the caller (see data/dataset.py). The
+Every transform maps (image (H, W, C), mask uint8 (H, W)) with an explicit
+`np.random.Generator` to a new pair, so seeding stays with the caller (see data/dataset.py).
+Images are uint8 RGB for the usual datasets, or any number of bands in uint8 / uint16 / float32
+(data/channels.py); every transform here keeps the band count and dtype until Normalize. The
 semantics follow mmseg 0.x, which the official SegFormer configs use: keep-ratio Resize with a
 ratio range, RandomCrop with cat_max_ratio, RandomFlip, PhotoMetricDistortion, Normalize, Pad.
 Albumentations has no equivalent of the keep-ratio "fit in (long, short) x ratio" resize or of
-cat_max_ratio, so these are small cv2/numpy functions instead. Masks are only ever resampled with
-nearest-neighbour and padded with ignore_index: no transform creates a new label value.
+cat_max_ratio, so these are small cv2/numpy functions instead; any albumentations transform can
+join a pipeline through `Albumentations` (`augmentation_list` wraps them automatically). Masks are
+only ever resampled with nearest-neighbour and padded with ignore_index: no transform creates a
+new label value.
 """
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+
+from segformer.data.channels import IMAGENET_MEAN01, IMAGENET_STD01
 
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked after a threaded cv2
 # call in the main process deadlocks. Single-threaded cv2 (as mmengine does) avoids that; the
@@ -21,8 +28,8 @@ import torch
 cv2.setNumThreads(0)
 
 # ImageNet statistics on the 0-255 scale (mmseg: mean 123.675, 116.28, 103.53; std 58.395, ...)
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+IMAGENET_MEAN = IMAGENET_MEAN01 * 255
+IMAGENET_STD = IMAGENET_STD01 * 255
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -34,6 +41,11 @@ def rescale_size(width: int, height: int, scale: Sequence[float]) -> tuple[int, 
     """
     factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
     return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def _bands(image: np.ndarray) -> np.ndarray:
+    # cv2 returns (H, W) for a one-band (H, W, 1) input; keep the band axis
+    return image[..., None] if image.ndim == 2 else image
 
 
 class Compose:
@@ -71,7 +83,7 @@ class Resize:
         ratio = rng.uniform(*self.ratio_range)
         target = [int(s * ratio) for s in self.scale]  # mmseg truncates the scaled bounds
         size = rescale_size(image.shape[1], image.shape[0], target)
-        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        image = _bands(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
         if self.resize_mask:
             mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         return image, mask
@@ -117,7 +129,29 @@ class RandomCrop:
 
 
 class RandomFlip:
-    """Horizontal flip with probability p."""
+    """Flip with probability p: horizontal (the paper's) or vertical (aerial, medical images)."""
+
+    def __init__(self, p: float = 0.5, direction: str = "horizontal") -> None:
+        if direction not in ("horizontal", "vertical"):
+            raise ValueError(f"RandomFlip direction={direction!r}; expected horizontal|vertical")
+        self.p = p
+        self.direction = direction
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if rng.random() < self.p:
+            code = 1 if self.direction == "horizontal" else 0
+            return _bands(cv2.flip(image, code)), cv2.flip(mask, code)
+        return image, mask
+
+
+class RandomRotate90:
+    """With probability p, rotate by 90, 180 or 270 degrees (uniform); exact, no resampling.
+
+    A quarter turn swaps height and width: put it before RandomCrop (or use square crops) so the
+    crop still yields crop_size.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
@@ -126,7 +160,8 @@ class RandomFlip:
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         if rng.random() < self.p:
-            return cv2.flip(image, 1), cv2.flip(mask, 1)
+            k = int(rng.integers(1, 4))
+            return np.ascontiguousarray(np.rot90(image, k)), np.ascontiguousarray(np.rot90(mask, k))
         return image, mask
 
 
@@ -141,6 +176,10 @@ class PhotoMetricDistortion:
     brightness (+U(-32, 32)), then contrast (xU(0.5, 1.5)) either first or last, saturation
     (xU(0.5, 1.5)) and hue (+randint[-18, 18) in OpenCV's 0-179 hue). Pointwise steps are
     256-entry lookup tables, so this costs a few cv2.LUT calls and one HSV round trip.
+
+    Other images (gray, multi-band, 16-bit, float) get the brightness and contrast steps only
+    (saturation and hue need RGB): the brightness delta is in 8-bit units scaled to the dtype's
+    range (x 257 for uint16), values clipped to that range; float images get contrast only.
     """
 
     def __init__(
@@ -160,9 +199,24 @@ class PhotoMetricDistortion:
             image = cv2.LUT(image, _affine_lut(rng.uniform(*self.contrast_range), 0.0))
         return image
 
+    def _any_bands(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness, then contrast, of a non-RGB or non-8-bit image in float32 arithmetic."""
+        top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype)
+        out = image.astype(np.float32)
+        delta = rng.uniform(-self.brightness_delta, self.brightness_delta)
+        if rng.integers(2) and top is not None:  # a float image has no known range to shift in
+            out += delta * top / 255.0
+        if rng.integers(2):
+            out *= rng.uniform(*self.contrast_range)
+        if top is None:
+            return out
+        return np.clip(out, 0, top).astype(image.dtype)  # truncated, like the uint8 tables
+
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
+        if image.dtype != np.uint8 or image.shape[2] != 3:
+            return self._any_bands(image, rng), mask
         if rng.integers(2):
             delta = rng.uniform(-self.brightness_delta, self.brightness_delta)
             image = cv2.LUT(image, _affine_lut(1.0, delta))
@@ -185,22 +239,31 @@ class PhotoMetricDistortion:
 
 
 class Normalize:
-    """uint8 RGB -> float32 (x / 255 - mean) / std with ImageNet statistics."""
+    """(H, W, C) -> float32 (x - mean) / std per channel, in stored units; default: ImageNet
+    statistics x 255 (8-bit RGB). data.channels.ImageFormat.mean_std gives the dataset's."""
+
+    def __init__(
+        self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> None:
+        self.mean = IMAGENET_MEAN if mean is None else np.asarray(mean, np.float32)
+        self.std = IMAGENET_STD if std is None else np.asarray(std, np.float32)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         image = image.astype(np.float32)
-        image -= IMAGENET_MEAN
-        image /= IMAGENET_STD
+        image -= self.mean
+        image /= self.std
         return image, mask
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, 3) RGB -> float32 (B, 3, H, W): `Normalize` on a batch of tensors, on
-    their device (inference outside the DataLoader)."""
-    mean = images.new_tensor(IMAGENET_MEAN, dtype=torch.float32)
-    std = images.new_tensor(IMAGENET_STD, dtype=torch.float32)
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """(B, H, W, C) uint8 / uint16 / float -> float32 (B, C, H, W): `Normalize` on a batch of
+    tensors, on their device (inference outside the DataLoader). Default: ImageNet, 8-bit RGB."""
+    mean = images.new_tensor(IMAGENET_MEAN if mean is None else mean, dtype=torch.float32)
+    std = images.new_tensor(IMAGENET_STD if std is None else std, dtype=torch.float32)
     return ((images.float() - mean) / std).permute(0, 3, 1, 2)
 
 
@@ -221,15 +284,62 @@ class Pad:
         return image, mask
 
 
-def train_transform(
+class Albumentations:
+    """Any albumentations transform (or A.Compose) as a pipeline step: it gets image and mask,
+    seeded from the pipeline's generator (so runs and resumed runs repeat), with the mask
+    interpolated nearest-neighbour and filled with ignore_index where the transform pads or
+    rotates in new pixels. A mask that still gains a label value it did not hold is an error
+    naming the transform. Pixel-level albumentations transforms expect uint8 (or float32 in
+    [0, 1]) images; geometric ones take any number of bands."""
+
+    def __init__(self, transform: Any, ignore_index: int = 255) -> None:
+        self.transform = transform
+        self.ignore_index = ignore_index
+        steps = getattr(transform, "transforms", None) or [transform]
+        for step in steps:  # mask settings of every step (nested Compose included)
+            for sub in getattr(step, "transforms", None) or [step]:
+                if hasattr(sub, "mask_interpolation"):
+                    sub.mask_interpolation = cv2.INTER_NEAREST
+                if hasattr(sub, "fill_mask"):
+                    sub.fill_mask = ignore_index
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.transform.set_random_seed(int(rng.integers(2**31)))
+        out = self.transform(image=image, mask=mask)
+        new_image, new_mask = _bands(out["image"]), out["mask"]
+        held = np.bincount(mask.ravel(), minlength=256) > 0
+        held[self.ignore_index] = True
+        gained = ~held[new_mask.ravel()]
+        if gained.any():
+            raise ValueError(
+                f"{type(self.transform).__name__} gave the mask label {new_mask.ravel()[gained][0]}"
+                " that it did not hold; albumentations transforms must move labels, not make "
+                "them (nearest-neighbour masks, ignore_index fill)"
+            )
+        return new_image, new_mask
+
+
+def as_transform(step: Any, ignore_index: int = 255) -> Transform:
+    """A pipeline step from config: our transforms as they are, albumentations ones wrapped."""
+    if type(step).__module__.split(".")[0] == "albumentations":
+        return Albumentations(step, ignore_index)
+    if not callable(step):
+        raise TypeError(f"train transform {step!r} is not callable; give a `_target_` transform")
+    return step
+
+
+def paper_augmentations(
     crop_size: Sequence[int],
     scale: Sequence[int],
     ratio_range: Sequence[float] = (0.5, 2.0),
     cat_max_ratio: float = 0.75,
     ignore_index: int = 255,
     photometric: bool = True,
-) -> Compose:
-    """The SegFormer train pipeline -> image float32 (h, w, 3), mask uint8 (h, w) = crop_size."""
+) -> list[Transform]:
+    """The SegFormer (mmseg) augmentation: keep-ratio random resize, crop with cat_max_ratio,
+    horizontal flip, photometric distortion (configs/augment/paper.yaml lists the same)."""
     transforms: list[Transform] = [
         Resize(scale, ratio_range),
         RandomCrop(crop_size, cat_max_ratio, ignore_index),
@@ -237,11 +347,37 @@ def train_transform(
     ]
     if photometric:
         transforms.append(PhotoMetricDistortion())
-    transforms += [Normalize(), Pad(crop_size, ignore_index)]
-    return Compose(transforms)
+    return transforms
 
 
-def eval_transform(scale: Sequence[int] | None = None) -> Compose:
+def train_transform(
+    crop_size: Sequence[int],
+    scale: Sequence[int],
+    ratio_range: Sequence[float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    photometric: bool = True,
+    augmentations: Sequence[Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Compose:
+    """The train pipeline -> image float32 (h, w, C), mask uint8 (h, w) = crop_size:
+    `augmentations` (default: the paper's, from the arguments before it), then Normalize
+    (`mean`/`std`, default ImageNet) and Pad to crop_size."""
+    if augmentations is None:
+        steps = paper_augmentations(
+            crop_size, scale, ratio_range, cat_max_ratio, ignore_index, photometric
+        )
+    else:
+        steps = [as_transform(step, ignore_index) for step in augmentations]
+    return Compose([*steps, Normalize(mean, std), Pad(crop_size, ignore_index)])
+
+
+def eval_transform(
+    scale: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Compose:
     """Normalisation only; with `scale`, the image (not the mask) is keep-ratio resized first."""
     transforms: list[Transform] = [] if scale is None else [Resize(scale, resize_mask=False)]
-    return Compose([*transforms, Normalize()])
+    return Compose([*transforms, Normalize(mean, std)])

@@ -23,6 +23,7 @@ Loading never unpickles code: ``torch.load(weights_only=True)`` or safetensors.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 import warnings
@@ -52,6 +53,9 @@ SOURCE_LN_EPS_PRESET = {
     "hf5": "hf",
     "mmseg": "mmseg",
 }
+
+# the first patch embedding's conv: its weight (O, in_channels, 7, 7) sets the input bands
+INPUT_CONV = "encoder.stages.0.patch_embed.proj.weight"
 
 # (regex on a source key, template of our key or None = drop); groups fill the template
 Rules = list[tuple[str, str | None]]
@@ -147,6 +151,7 @@ class Checkpoint:
     ln_eps_preset: str  # LayerNorm eps preset of the source
     decoder_dim: int | None  # None: encoder-only weights
     num_classes: int | None
+    in_channels: int = 3  # input bands of the first patch embedding
 
 
 def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
@@ -183,20 +188,58 @@ def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
         ln_eps_preset=ln_eps_preset,
         decoder_dim=None if head is None else head.shape[0],
         num_classes=None if classifier is None else classifier.shape[0],
+        in_channels=state[INPUT_CONV].shape[1],
     )
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-conv weights (O, 3, k, k) of an RGB model for ``in_channels`` input bands, as
+    timm's ``adapt_input_conv``: 1 band gets the sum over RGB (a gray image then gives what the
+    RGB model gives on that image repeated to 3 channels); N bands get RGB repeated (band i
+    takes channel i mod 3) and scaled by 3/N, so the same total input gives the same response.
+    """
+    have = weight.shape[1]
+    if have == in_channels:
+        return weight
+    if have != 3:
+        raise ValueError(
+            f"only 3-channel (RGB) weights adapt to other band counts; these have {have} "
+            f"input channels, the model {in_channels}"
+        )
+    dtype, w = weight.dtype, weight.float()
+    if in_channels == 1:
+        w = w.sum(1, keepdim=True)
+    else:
+        w = w.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels] * (3 / in_channels)
+    return w.to(dtype)
+
+
+def adapt_in_channels(
+    ckpt: Checkpoint, in_channels: int, path: str | Path
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict with the first patch embedding adapted to ``in_channels``."""
+    if ckpt.in_channels == in_channels:
+        return ckpt.state_dict
+    try:
+        adapted = adapt_input_conv(ckpt.state_dict[INPUT_CONV], in_channels)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return {**ckpt.state_dict, INPUT_CONV: adapted}
 
 
 def load_encoder_weights(
     encoder: MixTransformer, path: str | Path, revision: str | None = None
 ) -> None:
     """Load the encoder part of any supported checkpoint (e.g. ImageNet ``mit_b2.pth``, or a Hub
-    repo id such as ``nvidia/mit-b0``)."""
+    repo id such as ``nvidia/mit-b0``); RGB weights adapt to an encoder of other
+    ``in_channels`` (``adapt_input_conv``)."""
     ckpt = read_checkpoint(path, revision)
     if (encoder.embed_dims, encoder.depths) != _encoder_shape(ckpt.state_dict, path):
         mine = _variant_of(encoder.embed_dims, encoder.depths, "the encoder")
         raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, the encoder is MiT-{mine}")
     prefix = "encoder."
-    state = {k.removeprefix(prefix): v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
+    weights = adapt_in_channels(ckpt, encoder.in_channels, path)
+    state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
     load_exact(encoder, state, set(encoder.state_dict()), path)
 
 
@@ -357,6 +400,15 @@ def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path
     raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
 
 
+def _lightning_hparams(path: Path) -> dict[str, Any]:
+    """Hyper-parameters of our Lightning .ckpt (mmap: the weights are not read a second time);
+    {} for other files."""
+    if path.is_dir() or path.suffix != ".ckpt":
+        return {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return dict(ckpt.get("hyper_parameters", {}))
+
+
 def checkpoint_class_names(path: str | Path, revision: str | None = None) -> list[str] | None:
     """Class names stored with the weights: our Lightning hyper-parameters or transformers'
     config.json id2label; None for bare state dicts. ``path`` may be a Hub repo id."""
@@ -364,11 +416,14 @@ def checkpoint_class_names(path: str | Path, revision: str | None = None) -> lis
     if path.is_dir():
         labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
         return [labels[str(i)] for i in range(len(labels))] if labels else None
-    if path.suffix == ".ckpt":  # Lightning; mmap: the weights are not read a second time
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        names = ckpt.get("hyper_parameters", {}).get("class_names")
-        return list(names) if names else None
-    return None
+    names = _lightning_hparams(path).get("class_names")
+    return list(names) if names else None
+
+
+def checkpoint_input_format(path: str | Path, revision: str | None = None) -> dict[str, Any] | None:
+    """How the training data was read and normalised (``data.channels.ImageFormat.to_dict``),
+    kept in our Lightning hyper-parameters; None for other files and older checkpoints."""
+    return _lightning_hparams(resolve_checkpoint(path, revision)).get("input_format")
 
 
 # --- writing the transformers layout --------------------------------------------------------------
@@ -435,7 +490,7 @@ def transformers_config(
     return {
         "architectures": ["SegformerForSemanticSegmentation"],
         "model_type": "segformer",
-        "num_channels": 3,
+        "num_channels": int(model.encoder.in_channels),
         "num_encoder_blocks": 4,
         "depths": list(spec.depths),
         "sr_ratios": list(spec.sr_ratios),

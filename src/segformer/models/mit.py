@@ -165,10 +165,12 @@ class MiTStage(nn.Module):
 
 
 class MixTransformer(nn.Module):
-    """MiT encoder: forward((B, 3, H, W)) -> 4 maps (B, C_i, H/s, W/s) at strides 4, 8, 16, 32.
+    """MiT encoder: forward((B, in_channels, H, W)) -> 4 maps (B, C_i, H/s, W/s) at strides 4,
+    8, 16, 32.
 
     The maps are channels-last views of the stage tokens (NCHW shape, no copy). ``drop_path_rate``
     grows linearly from 0 over all blocks. ``ln_eps_preset`` is a key of ``LN_EPS_PRESETS``.
+    ``freeze_stages(k)`` stops training the first k stages.
     """
 
     def __init__(
@@ -188,6 +190,8 @@ class MixTransformer(nn.Module):
                 f"ln_eps_preset={ln_eps_preset!r}; expected one of {list(LN_EPS_PRESETS)}"
             )
         self.embed_dims, self.depths = tuple(embed_dims), tuple(depths)
+        self.in_channels = in_channels
+        self.frozen_stages = 0
         eps, plain_eps = LN_EPS_PRESETS[ln_eps_preset]
         n = sum(depths)
         drop_paths = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]  # 0 -> rate, linear
@@ -219,6 +223,28 @@ class MixTransformer(nn.Module):
         return cls(
             spec.embed_dims, spec.depths, spec.num_heads, spec.sr_ratios, spec.mlp_ratio, **kwargs
         )
+
+    def freeze_stages(self, k: int) -> None:
+        """Freeze the first ``k`` stages (patch embedding, blocks, stage norm); -1 = all four.
+
+        Their parameters get ``requires_grad=False`` (no gradients; optimisers built from
+        trainable parameters leave them out) and the stages stay in eval mode whatever
+        ``train()`` says: stochastic depth no longer drops their blocks. MiT has LayerNorms only
+        (no running statistics), so a frozen stage computes exactly what it did at load time.
+        """
+        n = len(self.stages) if k == -1 else k
+        if not 0 <= n <= len(self.stages):
+            raise ValueError(f"freeze_stages={k}; expected -1 (all) or 0..{len(self.stages)}")
+        self.frozen_stages = n
+        for i, stage in enumerate(self.stages):
+            stage.requires_grad_(i >= n)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MixTransformer:
+        super().train(mode)
+        for stage in self.stages[: self.frozen_stages]:
+            stage.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.contiguous(memory_format=torch.channels_last)  # so stage 1's tokens are a view too

@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segformer.models.convert import load_exact, read_checkpoint, save_transformers
+from segformer.models.convert import (
+    adapt_in_channels,
+    load_exact,
+    read_checkpoint,
+    save_transformers,
+)
 from segformer.models.head import AllMLPHead
 from segformer.models.mit import MixTransformer
 from segformer.models.upsample import resize_bilinear, upsample_argmax
@@ -43,7 +48,8 @@ class SegFormer(nn.Module):
     Any image size H, W >= 1 runs: sides under ``min_input_size`` (29) are edge-padded and the
     output cropped back (``pad_small``); larger images run as they are.
     ``ln_eps_preset`` picks the LayerNorm eps of the code the weights come from: "official"
-    (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``).
+    (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``). ``in_channels``: bands of
+    the input images (3 = RGB; pretrained RGB weights adapt, see ``convert.adapt_input_conv``).
     """
 
     def __init__(
@@ -54,14 +60,19 @@ class SegFormer(nn.Module):
         drop_path_rate: float = 0.1,
         dropout: float = 0.1,
         ln_eps_preset: str = "official",
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         spec = get_variant(variant)
         self.variant = variant
         self.num_classes = num_classes
         self.ln_eps_preset = ln_eps_preset
+        self.in_channels = in_channels
         self.encoder = MixTransformer.from_variant(
-            variant, drop_path_rate=drop_path_rate, ln_eps_preset=ln_eps_preset
+            variant,
+            drop_path_rate=drop_path_rate,
+            ln_eps_preset=ln_eps_preset,
+            in_channels=in_channels,
         )
         self.head = AllMLPHead(
             spec.embed_dims, decoder_dim or spec.decoder_dim, num_classes, dropout
@@ -131,7 +142,9 @@ class SegFormer(nn.Module):
         Encoder-only checkpoints (ImageNet MiT, mmseg) leave the head randomly initialised. A
         ``num_classes`` other than the checkpoint's re-initialises the classifier (with a
         warning). The LayerNorm eps preset follows the source of the weights unless
-        ``ln_eps_preset`` is given. Other ``kwargs`` go to the constructor.
+        ``ln_eps_preset`` is given. ``in_channels`` defaults to the checkpoint's; other than
+        that, 3-channel weights are adapted (``convert.adapt_input_conv``). Other ``kwargs`` go
+        to the constructor.
         """
         ckpt = read_checkpoint(path, revision)
         if variant is not None and variant != ckpt.variant:
@@ -143,9 +156,10 @@ class SegFormer(nn.Module):
                     f"{path}: decoder_dim={given} requested, the checkpoint has {ckpt.decoder_dim}"
                 )
         kwargs.setdefault("ln_eps_preset", ckpt.ln_eps_preset)
+        in_channels = kwargs.setdefault("in_channels", ckpt.in_channels)
         num_classes = num_classes or ckpt.num_classes or 150
         model = cls(variant=ckpt.variant, num_classes=num_classes, **kwargs)
-        state, expected = ckpt.state_dict, set(model.state_dict())
+        state, expected = adapt_in_channels(ckpt, in_channels, path), set(model.state_dict())
         if ckpt.decoder_dim is None:  # encoder-only weights
             expected = {k for k in expected if k.startswith("encoder.")}
         elif num_classes != ckpt.num_classes:
