@@ -113,12 +113,13 @@ def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
     wall = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     run = next((tmp_path / "logs" / "train" / "budget").iterdir())
-    plan = json.loads((run / "run_plan.json").read_text())["budget"]
+    planned = json.loads((run / "run_plan.json").read_text())["budget"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
-    assert ckpt["global_step"] == plan["max_steps"] == 2 * plan["val_check_interval"]
-    assert ckpt["run_plan"]["budget"] == plan
-    assert plan["max_steps"] > 20  # the budget, not a tiny cap, decided
+    plan = ckpt["run_plan"]["budget"]  # the guard may have shortened a run that got slower
+    if "replanned_at_step" not in plan:
+        assert plan == planned and plan["max_steps"] == 2 * plan["val_check_interval"]
+    assert ckpt["global_step"] == plan["max_steps"] > 20  # the budget, not a tiny cap, decided
     # a little slack for process exit; a machine busy with other work breaks any such promise
     assert wall <= 0.67 * 60 * 1.1, f"took {wall:.1f} s for a 40 s budget ({plan})"
     curve = json.loads((run / "learning_curve.json").read_text())["val_mIoU"]
-    assert [step for step, _ in curve] == [plan["val_check_interval"], plan["max_steps"]]
+    assert curve[-1][0] == plan["max_steps"]  # the last validation saw the final weights

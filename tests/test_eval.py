@@ -20,7 +20,9 @@ def test_eval_reproduces_validation_and_writes_reports(tmp_path: Path) -> None:
 
     data = [o for o in TINY if o.startswith("data.")]
     eval_cfg = compose_config(
-        "eval", [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", *data], tmp_path
+        "eval",
+        [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "trainer.precision=32-true", *data],
+        tmp_path,
     )
     metrics = evaluate(eval_cfg)
     assert metrics["mIoU"] == pytest.approx(train_metrics["val/mIoU"], abs=1e-6)

@@ -96,6 +96,8 @@ def test_one_epoch_on_real_camvid(tmp_path: Path) -> None:
         [
             "data=camvid",
             f"data.root={CAMVID_ROOT}",
+            "budget.minutes=null",
+            "trainer.precision=32-true",
             "data.crop_size=[128,128]",
             "data.scale=[240,180]",
             "data.batch_size=8",

@@ -18,6 +18,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ from segformer.inference import InferenceConfig, predict_classes
 PER_VALIDATION_OVERHEAD_S = 1.0  # prediction grid, learning curve, per-class table
 MARGIN = 0.03  # Lightning's per-step work (logging, progress bar) and timing noise
 _IMPORTED = time.monotonic()
+
+
+def budget_clock(from_process_start: bool) -> Callable[[], float]:
+    """Seconds a budget has used so far: since this process started (the command line:
+    interpreter start-up and imports included), or since this call (``train()`` from Python,
+    a notebook or a test, where the process may be much older than the run)."""
+    if from_process_start:
+        return seconds_since_start
+    start = time.monotonic()
+    return lambda: time.monotonic() - start
 
 
 def seconds_since_start() -> float:
@@ -161,7 +172,8 @@ def plan_budget(
     if checkpoint_every:  # periodic last.ckpt writes between validations
         left -= steps // checkpoint_every * checkpoint_seconds
         steps = max(0, math.floor(left / step_seconds))
-    steps = min(steps, max_steps)
+    if max_steps > 0:  # the configured steps bound a budgeted run (-1: epochs decide, no bound)
+        steps = min(steps, max_steps)
     interval = steps // validations
     if interval < 1:
         raise ValueError(
@@ -190,8 +202,8 @@ class BudgetGuard(L.Callback):
 
     MIN_STEPS, MIN_SECONDS = 10, 5.0  # pace measured over at least this much training
 
-    def __init__(self, plan: dict[str, Any]) -> None:
-        self.plan = plan
+    def __init__(self, plan: dict[str, Any], elapsed: Callable[[], float]) -> None:
+        self.plan, self.elapsed = plan, elapsed
         self.validation_seconds = plan["validation_seconds"]
         self._mark: tuple[float, int] | None = None  # (time, step) where the pace window starts
 
@@ -215,7 +227,7 @@ class BudgetGuard(L.Callback):
             return
         pace, done = seconds / steps, trainer.global_step
         total, interval = self.plan["max_steps"], self.plan["val_check_interval"]
-        left = self.plan["minutes"] * 60.0 * (1 - MARGIN) - seconds_since_start()
+        left = self.plan["minutes"] * 60.0 * (1 - MARGIN) - self.elapsed()
         validations = total // interval - done // interval
         if (total - done) * pace + validations * self.validation_seconds <= left:
             return  # on time

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from segformer.budget import (
     BudgetGuard,
     StepTimer,
+    budget_clock,
     checkpoint_seconds,
     plan_budget,
-    seconds_since_start,
     validation_seconds,
 )
 from segformer.precision import cpu_class, cpu_info, resolve_precision
@@ -59,7 +60,11 @@ def _device(accelerator: str) -> torch.device:
 
 
 def plan_run(
-    cfg: DictConfig, module: Any, datamodule: Any, ckpt_path: str | None
+    cfg: DictConfig,
+    module: Any,
+    datamodule: Any,
+    ckpt_path: str | None,
+    elapsed: Callable[[], float],
 ) -> dict[str, Any]:
     """Precision (``trainer.precision=auto``) and, with ``budget.minutes``, the step count and
     validation interval that fit the budget; a resumed run keeps the plan of its checkpoint."""
@@ -81,7 +86,7 @@ def plan_run(
     if wants_budget and (cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1):
         raise ValueError(
             "budget.minutes plans one device's run; with several devices or nodes set "
-            "trainer.max_steps instead"
+            "budget.minutes=null and trainer.max_steps=N"
         )
     # a measurement decides auto precision only on a CPU with bf16 units (precision.py)
     probe_precision = str(precision) == "auto" and device.type == "cpu" and "+" in cpu_class()
@@ -102,7 +107,7 @@ def plan_run(
             every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")
             plan["budget"] = plan_budget(
                 minutes=float(budget.minutes),
-                elapsed=seconds_since_start(),
+                elapsed=elapsed(),
                 step_seconds=step,
                 validation_seconds=val,
                 checkpoint_seconds=checkpoint_seconds(module),
@@ -135,8 +140,10 @@ def _report_plan(plan: dict[str, Any], output_dir: Path) -> None:
     (output_dir / "run_plan.json").write_text(json.dumps(record, indent=2))
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and optionally test); returns the final logged metrics."""
+def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]:
+    """Fit (and optionally test); returns the final logged metrics. A time budget counts from
+    the start of this call, or from the process start (``from_process_start``: the command)."""
+    elapsed = budget_clock(from_process_start)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -146,7 +153,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, datamodule)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
 
-    plan = plan_run(cfg, module, datamodule, ckpt_path)
+    plan = plan_run(cfg, module, datamodule, ckpt_path, elapsed)
     module.run_plan = plan
     fixed: dict[str, Any] = {"precision": plan["precision"]}
     if "budget" in plan:
@@ -160,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if plan.get("budget") and not plan.get("resumed"):
-        callbacks.append(BudgetGuard(plan["budget"]))
+        callbacks.append(BudgetGuard(plan["budget"], elapsed))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **fixed,
@@ -196,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra_cli("train", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, from_process_start=True)
     finally:
         finish_wandb()  # each multirun job gets its own wandb run
     # the value a sweeper (Optuna) optimises

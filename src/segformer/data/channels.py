@@ -81,7 +81,10 @@ def read_bands(path: str | Path) -> tuple[np.ndarray, bool]:
         is_jpeg = data[:2] == b"\xff\xd8"
         # JPEGs: any depth/colour with the EXIF rotation; others unchanged, so alpha is seen
         flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if is_jpeg else cv2.IMREAD_UNCHANGED
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        try:
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error:  # an empty file fails an assertion rather than returning None
+            array = None
         if array is None or (is_jpeg and _truncated_jpeg(data)):
             raise OSError(
                 f"image {path} is corrupt or truncated ({len(data)} bytes); expected a complete "
