@@ -200,7 +200,8 @@ class BudgetGuard(L.Callback):
     last step), with the LR schedule shortened to end there too. The new plan goes into the
     checkpoints. Only for runs planned in this process: a resumed run follows its stored plan."""
 
-    MIN_STEPS, MIN_SECONDS = 10, 5.0  # pace measured over at least this much training
+    MIN_STEPS, MIN_SECONDS = 10, 20.0  # pace measured over at least this much training
+    EXIT_SECONDS = 3.0  # the final checkpoint write and process exit
 
     def __init__(self, plan: dict[str, Any], elapsed: Callable[[], float]) -> None:
         self.plan, self.elapsed = plan, elapsed
@@ -223,14 +224,18 @@ class BudgetGuard(L.Callback):
         if self._mark is None:
             return
         seconds, steps = time.monotonic() - self._mark[0], trainer.global_step - self._mark[1]
-        if steps < self.MIN_STEPS or seconds < self.MIN_SECONDS:
+        # a window of a twentieth of the budget at least: the first steps after start-up or a
+        # validation run slow, and noise must not cut a run that is on time
+        window = max(self.MIN_SECONDS, self.plan["minutes"] * 3.0)
+        if steps < self.MIN_STEPS or seconds < window:
             return
         pace, done = seconds / steps, trainer.global_step
         total, interval = self.plan["max_steps"], self.plan["val_check_interval"]
-        left = self.plan["minutes"] * 60.0 * (1 - MARGIN) - self.elapsed()
+        budget = self.plan["minutes"] * 60.0 - self.EXIT_SECONDS
         validations = total // interval - done // interval
-        if (total - done) * pace + validations * self.validation_seconds <= left:
-            return  # on time
+        if self.elapsed() + (total - done) * pace + validations * self.validation_seconds <= budget:
+            return  # on time (the plan's margin may be spent; the budget may not)
+        left = budget * (1 - MARGIN) - self.elapsed()  # a new plan keeps the margin again
         # the steps that fit with the validations they would still contain (+1: a final one)
         fit = max(0.0, left - validations * self.validation_seconds) / pace
         end = done + math.floor(fit)
