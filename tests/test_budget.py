@@ -89,7 +89,8 @@ def test_a_run_slowed_after_calibration_is_shortened_to_stay_in_budget(tmp_path:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     start = time.monotonic()
     slow = ["+callbacks.slow._target_=test_budget.SlowDown", "+callbacks.slow.seconds=0.2"]
-    cmd = _budget_cmd(tmp_path, *slow, "+callbacks.slow.after_step=1")
+    minutes = ["budget.minutes=1"]  # time for the guard to see the slowdown and react
+    cmd = _budget_cmd(tmp_path, *slow, "+callbacks.slow.after_step=1", *minutes)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     wall = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
@@ -101,7 +102,7 @@ def test_a_run_slowed_after_calibration_is_shortened_to_stay_in_budget(tmp_path:
     assert curve[-1][0] == plan["max_steps"]  # the last validation saw the final weights
     scheduler = ckpt["lr_schedulers"][0]
     assert scheduler["total_steps"] == plan["max_steps"]  # the LR decays to 0 at the new end
-    assert wall <= 0.67 * 60 * 1.1, f"took {wall:.1f} s for a 40 s budget ({plan})"
+    assert wall <= 60 * 1.1, f"took {wall:.1f} s for a 60 s budget ({plan})"
 
 
 @pytest.mark.slow
