@@ -51,16 +51,16 @@ def write_images(folder: Path, count: int, size: int) -> None:
         Image.fromarray(image).save(folder / f"{i:03d}.jpg", quality=90)
 
 
-def run_ours(weights: Path, images: Path, out: Path) -> float:
+def run_ours(weights: Path, images: Path, out: Path, extra: list[str]) -> float:
     """The command itself, in a fresh process (its start-up cancels out in the difference)."""
     cmd = [sys.executable, "-m", "segformer.predict", f"ckpt_path={weights}", f"input={images}"]
-    cmd += [f"output={out}", f"hydra.run.dir={out}_run"]
+    cmd += [f"output={out}", f"hydra.run.dir={out}_run", *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
-def run_theirs(weights: Path, images: Path, out: Path) -> float:
+def run_theirs(weights: Path, images: Path, out: Path, extra: list[str]) -> float:
     start = time.perf_counter()
     model = transformers.SegformerForSemanticSegmentation.from_pretrained(weights).eval()
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precision", help="ours: precision=... (default: the command's auto)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/predict_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,7 +97,8 @@ def main() -> None:
         for r in range(args.rounds):
             for n in (args.images, 2 * args.images):
                 for side, fn in (("ours", run_ours), ("theirs", run_theirs)):
-                    seconds = fn(root / "hf", root / f"in{n}", root / f"{side}{n}_{r}")
+                    extra = [f"precision={args.precision}"] if args.precision else []
+                    seconds = fn(root / "hf", root / f"in{n}", root / f"{side}{n}_{r}", extra)
                     times[side].setdefault(n, []).append(seconds)
                     print(f"round {r} {side:6s} {n:3d} images: {seconds:.2f} s", flush=True)
     n = args.images
@@ -105,10 +107,11 @@ def main() -> None:
         for side, t in times.items()
     }
     ratio = per_image["theirs"] / per_image["ours"]
+    precision = args.precision or f"auto: {info['precision_auto']['precision']}"
     print(
-        f"per image, steady state ({info['cpu_class']}, precision=auto "
-        f"{info['precision_auto']['precision']}): ours {per_image['ours']:.0f} ms, transformers "
-        f"loop {per_image['theirs']:.0f} ms: ours {ratio:.2f}x faster"
+        f"per image, steady state ({info['cpu_class']}, ours at precision {precision}): ours "
+        f"{per_image['ours']:.0f} ms, transformers loop {per_image['theirs']:.0f} ms: ours "
+        f"{ratio:.2f}x faster"
     )
     record = {
         "machine": info,
