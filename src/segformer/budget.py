@@ -31,6 +31,7 @@ from segformer.inference import InferenceConfig, predict_classes
 
 PER_VALIDATION_OVERHEAD_S = 1.0  # prediction grid, learning curve, per-class table
 MARGIN = 0.03  # Lightning's per-step work (logging, progress bar) and timing noise
+EXIT_SECONDS = 3.0  # after the last step: the final checkpoint write and process exit
 _IMPORTED = time.monotonic()
 
 
@@ -166,7 +167,8 @@ def plan_budget(
     a multiple of the validation interval so that the last validation sees the final weights."""
     validations = max(1, int(validations))
     per_validation = validation_seconds + 2 * checkpoint_seconds + PER_VALIDATION_OVERHEAD_S
-    left = (minutes * 60.0 - elapsed) * (1.0 - MARGIN) - validations * per_validation
+    left = (minutes * 60.0 - elapsed - EXIT_SECONDS) * (1.0 - MARGIN)
+    left -= validations * per_validation
     left -= sanity_seconds + checkpoint_seconds  # the sanity check and the final save
     steps = max(0, math.floor(left / step_seconds))
     if checkpoint_every:  # periodic last.ckpt writes between validations
@@ -201,7 +203,6 @@ class BudgetGuard(L.Callback):
     checkpoints. Only for runs planned in this process: a resumed run follows its stored plan."""
 
     MIN_STEPS, MIN_SECONDS = 10, 20.0  # pace measured over at least this much training
-    EXIT_SECONDS = 3.0  # the final checkpoint write and process exit
 
     def __init__(self, plan: dict[str, Any], elapsed: Callable[[], float]) -> None:
         self.plan, self.elapsed = plan, elapsed
@@ -231,7 +232,7 @@ class BudgetGuard(L.Callback):
             return
         pace, done = seconds / steps, trainer.global_step
         total, interval = self.plan["max_steps"], self.plan["val_check_interval"]
-        budget = self.plan["minutes"] * 60.0 - self.EXIT_SECONDS
+        budget = self.plan["minutes"] * 60.0 - EXIT_SECONDS  # what the plan reserved too
         validations = total // interval - done // interval
         if self.elapsed() + (total - done) * pace + validations * self.validation_seconds <= budget:
             return  # on time (the plan's margin may be spent; the budget may not)
@@ -246,7 +247,8 @@ class BudgetGuard(L.Callback):
         if end // interval > done // interval:
             end = end // interval * interval  # on the grid: its validation ends the run
         else:  # the next grid point is out of reach: validate at the new last step instead
-            trainer.val_check_batch = end
+            # (val_check_interval too: Lightning derives val_check_batch from it every epoch)
+            trainer.val_check_interval = trainer.val_check_batch = end
         self.plan.update(max_steps=end, replanned_at_step=done, step_seconds=pace)
         trainer.fit_loop.epoch_loop.max_steps = end
         for config in trainer.lr_scheduler_configs:  # the schedule ends at the new last step
