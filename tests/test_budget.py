@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from helpers import TINY
@@ -52,18 +50,6 @@ BUDGET_RUN = [
 ]
 
 
-class SlowDown(L.Callback):
-    """Makes every training step ``seconds`` slower once ``after_step`` is reached: a machine
-    that got busy after the calibration."""
-
-    def __init__(self, after_step: int, seconds: float) -> None:
-        self.after_step, self.seconds = after_step, seconds
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.after_step:
-            time.sleep(self.seconds)
-
-
 def _budget_cmd(root: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -83,29 +69,6 @@ def _budget_cmd(root: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_run_slowed_after_calibration_is_shortened_to_stay_in_budget(tmp_path: Path) -> None:
-    """Steps get 0.2 s slower right after calibration: the guard ends the run earlier, with the
-    schedule shortened to match and a validation at the new last step, and the budget holds."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    start = time.monotonic()
-    slow = ["+callbacks.slow._target_=test_budget.SlowDown", "+callbacks.slow.seconds=0.2"]
-    minutes = ["budget.minutes=1"]  # time for the guard to see the slowdown and react
-    cmd = _budget_cmd(tmp_path, *slow, "+callbacks.slow.after_step=1", *minutes)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    wall = time.monotonic() - start
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = next((tmp_path / "logs" / "train" / "budget").iterdir())
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
-    plan = ckpt["run_plan"]["budget"]
-    assert 10 <= plan["replanned_at_step"] < plan["max_steps"] == ckpt["global_step"]
-    curve = json.loads((run / "learning_curve.json").read_text())["val_mIoU"]
-    assert curve[-1][0] == plan["max_steps"]  # the last validation saw the final weights
-    scheduler = ckpt["lr_schedulers"][0]
-    assert scheduler["total_steps"] == plan["max_steps"]  # the LR decays to 0 at the new end
-    assert wall <= 60 * 1.1, f"took {wall:.1f} s for a 60 s budget ({plan})"
-
-
-@pytest.mark.slow
 def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
     """The real command with a 40 s budget and no step limit to speak of: it plans, runs the
     planned steps with the planned validations, and is done (process exit) within the budget."""
@@ -116,11 +79,7 @@ def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
     run = next((tmp_path / "logs" / "train" / "budget").iterdir())
     planned = json.loads((run / "run_plan.json").read_text())["budget"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
-    plan = ckpt["run_plan"]["budget"]  # the guard may have shortened a run that got slower
-    if "replanned_at_step" not in plan:
-        assert plan == planned and plan["max_steps"] == 2 * plan["val_check_interval"]
-    assert ckpt["global_step"] == plan["max_steps"] > 20  # the budget, not a tiny cap, decided
+    plan = ckpt["run_plan"]["budget"]
+    assert plan == planned and plan["max_steps"] == 2 * plan["val_check_interval"] > 20
     # a little slack for process exit; a machine busy with other work breaks any such promise
     assert wall <= 0.67 * 60 * 1.1, f"took {wall:.1f} s for a 40 s budget ({plan})"
-    curve = json.loads((run / "learning_curve.json").read_text())["val_mIoU"]
-    assert curve[-1][0] == plan["max_steps"]  # the last validation saw the final weights

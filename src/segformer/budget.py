@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from segformer.inference import InferenceConfig, predict_classes
 
@@ -192,70 +190,3 @@ def plan_budget(
         validation_seconds=per_validation,
         calibrated_at_seconds=elapsed,
     )
-
-
-class BudgetGuard(L.Callback):
-    """Keeps a planned run inside its budget when the machine slows down after calibration
-    (other work, thermal throttling). During training it projects the finish from the pace since
-    the last validation; when late, it ends the run at the last step that still fits, rounded to
-    the validation grid when that grid is reachable (else the final validation moves to the new
-    last step), with the LR schedule shortened to end there too. The new plan goes into the
-    checkpoints. Only for runs planned in this process: a resumed run follows its stored plan."""
-
-    MIN_STEPS, MIN_SECONDS = 10, 20.0  # pace measured over at least this much training
-
-    def __init__(self, plan: dict[str, Any], elapsed: Callable[[], float]) -> None:
-        self.plan, self.elapsed = plan, elapsed
-        self.validation_seconds = plan["validation_seconds"]
-        self._mark: tuple[float, int] | None = None  # (time, step) where the pace window starts
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if self._mark is None:  # after start-up and after every validation
-            self._mark = (time.monotonic(), trainer.global_step)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._mark, self._validation_start = None, time.monotonic()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:  # checkpoint writes come on top: keep the plan's margin
-            measured = time.monotonic() - self._validation_start
-            self.validation_seconds = max(self.validation_seconds, measured)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self._mark is None:
-            return
-        seconds, steps = time.monotonic() - self._mark[0], trainer.global_step - self._mark[1]
-        # a window of a twentieth of the budget at least: the first steps after start-up or a
-        # validation run slow, and noise must not cut a run that is on time
-        window = max(self.MIN_SECONDS, self.plan["minutes"] * 3.0)
-        if steps < self.MIN_STEPS or seconds < window:
-            return
-        pace, done = seconds / steps, trainer.global_step
-        total, interval = self.plan["max_steps"], self.plan["val_check_interval"]
-        budget = self.plan["minutes"] * 60.0 - EXIT_SECONDS  # what the plan reserved too
-        validations = total // interval - done // interval
-        if self.elapsed() + (total - done) * pace + validations * self.validation_seconds <= budget:
-            return  # on time (the plan's margin may be spent; the budget may not)
-        left = budget * (1 - MARGIN) - self.elapsed()  # a new plan keeps the margin again
-        # the steps that fit with the validations they would still contain (+1: a final one)
-        fit = max(0.0, left - validations * self.validation_seconds) / pace
-        end = done + math.floor(fit)
-        validations = end // interval - done // interval + (1 if end % interval else 0)
-        end = done + max(
-            1, math.floor(max(0.0, left - validations * self.validation_seconds) / pace)
-        )
-        if end // interval > done // interval:
-            end = end // interval * interval  # on the grid: its validation ends the run
-        else:  # the next grid point is out of reach: validate at the new last step instead
-            # (val_check_interval too: Lightning derives val_check_batch from it every epoch)
-            trainer.val_check_interval = trainer.val_check_batch = end
-        self.plan.update(max_steps=end, replanned_at_step=done, step_seconds=pace)
-        trainer.fit_loop.epoch_loop.max_steps = end
-        for config in trainer.lr_scheduler_configs:  # the schedule ends at the new last step
-            if hasattr(config.scheduler, "total_steps"):
-                config.scheduler.total_steps = end
-        self._mark = (time.monotonic(), done)  # judge the new plan on fresh measurements
-        rank_zero_info(
-            f"budget: slower than planned ({pace:.3f} s a step at step {done}): the run now "
-            f"ends at step {end}"
-        )

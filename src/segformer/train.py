@@ -21,7 +21,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segformer.budget import (
-    BudgetGuard,
     StepTimer,
     budget_clock,
     checkpoint_seconds,
@@ -166,8 +165,6 @@ def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if plan.get("budget") and not plan.get("resumed"):
-        callbacks.append(BudgetGuard(plan["budget"], elapsed))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **fixed,
