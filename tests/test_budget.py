@@ -81,5 +81,10 @@ def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     plan = ckpt["run_plan"]["budget"]
     assert plan == planned and plan["max_steps"] == 2 * plan["val_check_interval"] > 20
+    # it ran all the planned steps, validated at the last one, and last.ckpt is that state
+    assert ckpt["global_step"] == plan["max_steps"]
+    assert [p.name for p in (run / "checkpoints").glob("last*")] == ["last.ckpt"]
+    curve = json.loads((run / "learning_curve.json").read_text())
+    assert [s for s, _ in curve["val_mIoU"]] == [plan["val_check_interval"], plan["max_steps"]]
     # a little slack for process exit; a machine busy with other work breaks any such promise
     assert wall <= 0.67 * 60 * 1.1, f"took {wall:.1f} s for a 40 s budget ({plan})"

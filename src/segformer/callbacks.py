@@ -1,5 +1,6 @@
 """Lightning callbacks: a picture of predictions on a fixed set of validation images, the
-learning curve (training loss and validation mIoU over steps), a step-based progress bar."""
+learning curve (training loss and validation mIoU over steps), a step-based progress bar, and
+``last.ckpt`` kept at the newest state."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
@@ -178,3 +179,37 @@ class StepProgressBar(RichProgressBar):
         if trainer.max_steps > 0:
             metrics["step"] = f"{trainer.global_step}/{trainer.max_steps}"
         return metrics
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the newest training state, the one ``ckpt_path=last`` resumes. Written
+    after every validation (so it holds that validation's results), every
+    ``every_n_train_steps`` steps, and at the end of fit if the final step was not saved yet.
+
+    ModelCheckpoint's own ``save_last`` writes ``last`` only at steps where it saves a top-k
+    checkpoint: with ``monitor=val/mIoU`` that is the best step, not the newest; a second
+    instance then writes ``last-v1.ckpt`` beside it. This is the one writer of ``last.ckpt``.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,  # overwrite last.ckpt, never last-v1.ckpt
+        )
+
+    def _fitting(self, trainer: L.Trainer) -> bool:
+        return (
+            trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+        )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # also when the periodic save ran at this step: that one predates the validation
+        if self._fitting(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fitting(trainer) and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -27,6 +27,7 @@ from segformer.budget import (
     plan_budget,
     validation_seconds,
 )
+from segformer.callbacks import LastCheckpoint
 from segformer.precision import cpu_class, cpu_info, resolve_precision
 from segformer.utils import (
     build_module,
@@ -186,7 +187,9 @@ def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]
 
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        ckpt = next(
+            (c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), ""
+        )
         rank_zero_info(
             f"val/mIoU {metrics.get('val/mIoU', float('nan')):.4f} "
             f"(best {metrics.get('val/mIoU_best', float('nan')):.4f})"
