@@ -78,6 +78,10 @@ def test_resume_continues_at_the_same_step_and_lr(
     assert second.best_at_start == first_metrics["val/mIoU_best"]
     curve = json.loads((run_dir / "learning_curve.json").read_text())["val_mIoU"]
     assert second_metrics["val/mIoU_best"] == pytest.approx(max(m for _, m in curve))
+    # one last.ckpt (no last-v1 beside it), at the final step whichever validation was best
+    assert [p.name for p in (run_dir / "checkpoints").glob("last*")] == ["last.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and last["best_miou"] == second_metrics["val/mIoU_best"]
 
     # the lr the schedule gives at steps 2 and 3 of a 4-step run, as uninterrupted
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)

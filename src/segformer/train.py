@@ -101,7 +101,7 @@ def plan_run(
             plan.update(budget=stored["budget"], resumed=True)
         elif wants_budget:
             bf16 = precision.startswith("bf16")
-            step = timer.median_step(bf16)
+            step = timer.steady_step(bf16)
             limit = cfg.trainer.get("limit_val_batches")
             val, per_batch = validation_seconds(module, datamodule, device, bf16, limit)
             every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")

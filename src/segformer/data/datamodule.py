@@ -6,6 +6,7 @@ train ids); samples are made by `data.dataset.SegmentationDataset`.
 """
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -14,12 +15,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from segformer.data.channels import ImageFormat
 from segformer.data.collate import eval_collate
 from segformer.data.dataset import SegmentationDataset
 from segformer.data.files import Sample
+from segformer.data.groups import choose_val_groups, hold_out, read_group_table, sample_groups
 from segformer.data.label_checks import check_labels
 from segformer.data.labels import default_palette, value_label_map
 from segformer.data.sampler import ResumableSampler, ShardSampler
@@ -48,6 +51,14 @@ class SegmentationDataModule(L.LightningDataModule):
     the paper's pipeline built from scale / ratio_range / cat_max_ratio / photometric; Normalize
     and Pad to crop_size always follow. label_check_files: masks of the train and val splits
     read at fit start to catch 0/255 masks and one-class splits (0 = off).
+
+    Splits: train_split may join splits with "+" ("train+val", e.g. for a final model). Grouped
+    validation (data/groups.py): group is a regular expression giving each sample's group (a
+    drive, scene, patient) from its image path relative to root, group_file a table
+    ``<image> <group>``; with val_groups (group names, or a fraction of the samples drawn as
+    whole groups with seed) validation is those groups of the training split(s) and training
+    the rest, so no group is on both sides (val_split is then unused). With a group but no
+    val_groups, fit warns when val shares groups with train.
     """
 
     CLASSES: tuple[str, ...] = ()
@@ -82,6 +93,9 @@ class SegmentationDataModule(L.LightningDataModule):
         label_map: Mapping[int, int] | None = None,
         train_transforms: Sequence[Any] | None = None,
         label_check_files: int = 64,
+        group: str | None = None,
+        group_file: str | None = None,
+        val_groups: Sequence[str] | float | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= ignore_index <= 255:
@@ -93,7 +107,17 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.crop_size = pair(crop_size, "crop_size")
         self.ignore_index = ignore_index
+        if isinstance(train_split, Sequence) and not isinstance(train_split, str):
+            train_split = "+".join(train_split)  # a list from the command line: [train,val]
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        if group is not None and group_file is not None:
+            raise ValueError("give data.group (a pattern) or data.group_file (a table), not both")
+        if val_groups is not None and group is None and group_file is None:
+            raise ValueError("data.val_groups needs data.group or data.group_file")
+        self.group, self.group_file, self.val_groups = group, group_file, val_groups
+        if val_groups is not None:  # validation is the held-out side (test keeps test_split)
+            self.val_split = f"{self.train_split}:val_groups"
+        self._grouped: tuple[list[Sample], list[Sample]] | None = None
         self.eval_settings = dict(eval or {})
         self.seed = seed
         self.image_format = ImageFormat.from_dict(
@@ -173,23 +197,72 @@ class SegmentationDataModule(L.LightningDataModule):
 
     # --- datasets
     def samples(self, split: str) -> list[Sample]:
-        """`list_samples` with the dataset's name and expected layout in every error."""
+        """The samples of `split`; with data.val_groups, train_split and val_split are the two
+        sides of the grouped split."""
+        if self.val_groups is not None and split in (self.train_split, self.val_split):
+            train, val = self.grouped_split()
+            return train if split == self.train_split else val
+        return self.listed_samples(split)
+
+    def listed_samples(self, split: str) -> list[Sample]:
+        """`list_samples` of each "+"-joined part, with the dataset's name and expected layout
+        in every error."""
         layout = f"Expected layout for {self.name}:\n{self.LAYOUT}"
         if self.root is None or not self.root.is_dir():
             raise FileNotFoundError(f"{self.name}: dataset root {self.root} not found. {layout}")
         try:
-            samples = self.list_samples(split)
+            samples = [s for part in split.split("+") for s in self.list_samples(part)]
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{self.name} split {split!r}: {err}. {layout}") from err
         if not samples:
             raise ValueError(f"{self.name}: split {split!r} under {self.root} is empty. {layout}")
         return samples
 
+    def groups(self, samples: list[Sample]) -> list[str]:
+        """The group of each sample (data.group or data.group_file)."""
+        assert self.root is not None
+        table = None if self.group_file is None else read_group_table(self.root / self.group_file)
+        return sample_groups(samples, self.root, self.group, table)
+
+    def grouped_split(self) -> tuple[list[Sample], list[Sample]]:
+        """(train, val) samples: data.val_groups held out of the training split(s)."""
+        if self._grouped is None:
+            assert self.val_groups is not None
+            pool = self.listed_samples(self.train_split)
+            groups = self.groups(pool)
+            held = choose_val_groups(groups, self.val_groups, self.seed)
+            self._grouped = hold_out(pool, groups, held)
+            rank_zero_info(
+                f"{self.name}: grouped split of {self.train_split!r}: validation = groups "
+                f"{sorted(held)} ({len(self._grouped[1])} samples), training = the other "
+                f"{len(set(groups) - held)} groups ({len(self._grouped[0])} samples)"
+            )
+        return self._grouped
+
+    def shared_groups(self) -> dict[str, int]:
+        """Groups of the validation split that also occur in training: {group: val samples}."""
+        train = set(self.groups(self.samples(self.train_split)))
+        val = Counter(self.groups(self.samples(self.val_split)))
+        return {g: n for g, n in sorted(val.items()) if g in train}
+
+    def _label_map(self, split: str) -> np.ndarray | None:
+        """The dataset's label map of `split` ("+"-joined parts must agree; a grouped val split
+        comes from the training splits)."""
+        if self.val_groups is not None and split == self.val_split:
+            split = self.train_split
+        maps = [self.label_map(part) for part in split.split("+")]
+        for lut in maps[1:]:
+            if (lut is None) != (maps[0] is None) or (
+                lut is not None and not np.array_equal(lut, maps[0])
+            ):
+                raise ValueError(f"{self.name}: splits {split!r} map mask values differently")
+        return maps[0]
+
     def label_lookup(self, split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(lookup table stored value -> train id, allowed stored values) of `split`:
         `data.label_map` when given (unnamed values are errors), else `label_map(split)`."""
         if self.value_map is None:
-            return self.label_map(split), None
+            return self._label_map(split), None
         valid = set(range(self.num_classes)) | {self.ignore_index}
         bad = {raw: k for raw, k in self.value_map.items() if k not in valid}
         if bad:
@@ -205,7 +278,7 @@ class SegmentationDataModule(L.LightningDataModule):
         label map, or a palette for RGB masks) rather than being class ids as they are."""
         return (
             self.value_map is not None
-            or self.label_map(split) is not None
+            or self._label_map(split) is not None
             or len(self.mask_palette) > 0
         )
 
@@ -241,6 +314,14 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage == "fit":
             self.check_labels(self.train_split, strict=True)
             self.check_labels(self.val_split, strict=False)
+            if (self.group or self.group_file) and self.val_groups is None:
+                shared = self.shared_groups()
+                if shared:
+                    rank_zero_warn(
+                        f"{self.name}: {sum(shared.values())} validation samples belong to groups "
+                        f"that training also has ({', '.join(shared)}): validation scores "
+                        "measure seen groups; data.val_groups holds whole groups out instead"
+                    )
 
     def check_labels(self, split: str, strict: bool = True) -> None:
         """data/label_checks.py on `split` (once per split; files datasets only)."""
