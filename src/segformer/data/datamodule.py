@@ -6,6 +6,7 @@ train ids); samples are made by `data.dataset.SegmentationDataset`.
 """
 
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -59,6 +60,10 @@ class SegmentationDataModule(L.LightningDataModule):
     whole groups with seed) validation is those groups of the training split(s) and training
     the rest, so no group is on both sides (val_split is then unused). With a group but no
     val_groups, fit warns when val shares groups with train.
+
+    cache_images: decode each split's images and masks once, at setup, and keep them in memory
+    (shared with the loader workers): for datasets that fit in RAM on machines where decoding
+    takes CPU from training (CamVid on 2 cores: PNG decoding was ~2/3 of the loading work).
     """
 
     CLASSES: tuple[str, ...] = ()
@@ -96,6 +101,7 @@ class SegmentationDataModule(L.LightningDataModule):
         group: str | None = None,
         group_file: str | None = None,
         val_groups: Sequence[str] | float | None = None,
+        cache_images: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ignore_index <= 255:
@@ -118,6 +124,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if val_groups is not None:  # validation is the held-out side (test keeps test_split)
             self.val_split = f"{self.train_split}:val_groups"
         self._grouped: tuple[list[Sample], list[Sample]] | None = None
+        self.cache_images = cache_images
         self.eval_settings = dict(eval or {})
         self.seed = seed
         self.image_format = ImageFormat.from_dict(
@@ -298,7 +305,15 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str, train: bool) -> Dataset:
         """The (cached) dataset of `split` with the train or the eval transform."""
         if (split, train) not in self.datasets:
-            self.datasets[split, train] = self.make_dataset(split, train)
+            dataset = self.make_dataset(split, train)
+            if self.cache_images and isinstance(dataset, SegmentationDataset):
+                start = time.perf_counter()
+                size = dataset.preload(max(1, os.cpu_count() or 1))
+                rank_zero_info(
+                    f"{self.name}: {split!r} decoded into memory ({len(dataset)} samples, "
+                    f"{size / 2**20:.0f} MiB, {time.perf_counter() - start:.1f} s)"
+                )
+            self.datasets[split, train] = dataset
         return self.datasets[split, train]
 
     def setup(self, stage: str = "fit") -> None:

@@ -1,0 +1,26 @@
+#!/bin/bash
+# How the CamVid recipe was chosen by a validation on a drive no training frame comes from, and
+# how far the standard val split sits from such a drive. One 2-core CPU, one run at a time.
+#   DATA=/path/to/camvid bash benchmarks/camvid_grouped.sh     # ~1 h 45 min on 2 cores
+# Results of 2026-12-02: benchmarks/results/camvid_grouped.json (seen vs unseen drive) and
+# benchmarks/results/camvid_grouped_variants.json (the recipe variants, the chosen one).
+set -eu
+DATA=${DATA:-../shared/data/camvid}
+T=(.venv/bin/segformer-train experiment=camvid "data.root=$DATA")
+E=(.venv/bin/segformer-eval experiment=camvid "data.root=$DATA")
+last() { ls -d "logs/train/$1"/*/ | tail -1; }
+
+# 1. seen vs unseen drive: train on the train split minus drive 0006R0 (266 frames of 0001TP and
+#    0016E5), validate on 0006R0; then evaluate the same weights on the standard val split
+#    (101 other frames of 0016E5, a drive it trained on)
+"${T[@]}" data.train_split=train budget.minutes=12 run_name=grouped_seen_vs_unseen
+ckpt="ckpt_path=$(last grouped_seen_vs_unseen)checkpoints/last.ckpt"
+"${E[@]}" "$ckpt" data.train_split=train data.val_groups=null       # standard val (0016E5)
+"${E[@]}" "$ckpt" data.train_split=train                            # 0006R0 again
+
+# 2. recipe variants, step-matched (960 steps = what a 12-minute budget planned for the first):
+#    train + val minus 0006R0 (367 frames), validated on 0006R0
+FIX=(budget.minutes=null trainer.max_steps=960 trainer.val_check_interval=120)
+"${T[@]}" "${FIX[@]}" run_name=sel_v0                              # the recipe as it was
+"${T[@]}" "${FIX[@]}" run_name=sel_v1 augment=street               # + light/colour/noise shifts
+"${T[@]}" "${FIX[@]}" run_name=sel_v2 'data.scale=[720,540]' 'inference.scale=[720,540]'
