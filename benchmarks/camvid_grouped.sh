@@ -5,6 +5,7 @@
 # Results of 2026-12-02: benchmarks/results/camvid_grouped.json (seen vs unseen drive) and
 # benchmarks/results/camvid_grouped_variants.json (the recipe variants, the chosen one).
 set -eu
+CE=(model.loss=null)  # plain cross-entropy: the loss of parts 1 and 2 (before OHEM was chosen)
 DATA=${DATA:-../shared/data/camvid}
 T=(.venv/bin/segformer-train experiment=camvid "data.root=$DATA")
 E=(.venv/bin/segformer-eval experiment=camvid "data.root=$DATA")
@@ -13,7 +14,7 @@ last() { ls -d "logs/train/$1"/*/ | tail -1; }
 # 1. seen vs unseen drive: train on the train split minus drive 0006R0 (266 frames of 0001TP and
 #    0016E5), validate on 0006R0; then evaluate the same weights on the standard val split
 #    (101 other frames of 0016E5, a drive it trained on)
-"${T[@]}" data.train_split=train budget.minutes=12 run_name=grouped_seen_vs_unseen
+"${T[@]}" "${CE[@]}" data.train_split=train budget.minutes=12 run_name=grouped_seen_vs_unseen
 ckpt="ckpt_path=$(last grouped_seen_vs_unseen)checkpoints/last.ckpt"
 "${E[@]}" "$ckpt" data.train_split=train data.val_groups=null       # standard val (0016E5)
 "${E[@]}" "$ckpt" data.train_split=train                            # 0006R0 again
@@ -21,6 +22,13 @@ ckpt="ckpt_path=$(last grouped_seen_vs_unseen)checkpoints/last.ckpt"
 # 2. recipe variants, step-matched (960 steps = what a 12-minute budget planned for the first):
 #    train + val minus 0006R0 (367 frames), validated on 0006R0
 FIX=(budget.minutes=null trainer.max_steps=960 trainer.val_check_interval=120)
-"${T[@]}" "${FIX[@]}" run_name=sel_v0                              # the recipe as it was
-"${T[@]}" "${FIX[@]}" run_name=sel_v1 augment=street               # + light/colour/noise shifts
-"${T[@]}" "${FIX[@]}" run_name=sel_v2 'data.scale=[720,540]' 'inference.scale=[720,540]'
+"${T[@]}" "${FIX[@]}" "${CE[@]}" run_name=sel_v0                   # the recipe as it was
+"${T[@]}" "${FIX[@]}" "${CE[@]}" run_name=sel_v1 augment=street  # + light/colour/noise shifts
+"${T[@]}" "${FIX[@]}" "${CE[@]}" run_name=sel_v2 'data.scale=[720,540]' 'inference.scale=[720,540]'
+"${T[@]}" "${FIX[@]}" run_name=sel_v3 'model.loss=[{name:ohem,weight:1.0,thresh:0.7,min_kept:8000}]'
+ckpt="ckpt_path=$(last sel_v0)checkpoints/last.ckpt"                 # test-time flip / scales
+"${E[@]}" "$ckpt" inference.flip=true
+"${E[@]}" "$ckpt" inference.flip=true 'inference.scales=[0.75,1.0,1.25]'
+
+# 3. the chosen recipe (V3 is now the experiment's default) on its 60-minute budget
+"${T[@]}"

@@ -8,12 +8,15 @@ Lists every unreadable, truncated, unpaired or mismatched file and every mask va
 [0, num_classes) that is not the ignore index, then per split the image sizes, the pixels per
 class and median-frequency class weights (a `model.class_weights=[...]` line to paste). A bad file
 is skipped (the summary counts the others) and listed again at the end; exit status 1 when any
-problem was found (strict=false: 0). The report is also saved as report.txt in the run directory.
+problem was found (strict=false: 0). With data.group (or data.group_file) it also lists each
+split's groups and the groups found in more than one split (grouped validation, see
+data/groups.py). The report is also saved as report.txt in the run directory.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -32,10 +35,22 @@ def check_data(cfg: DictConfig) -> int:
     datamodule = instantiate(cfg.data)
     console = Console(record=True)
     bad: set[Path] = set()
+    groups: dict[str, Counter] = {}
     for split in cfg.splits or [cfg.split]:
         report = check_split(datamodule, split, cfg.num_workers)
         print_report(report, console)
         bad |= report.bad_files
+        if getattr(datamodule, "group", None) or getattr(datamodule, "group_file", None):
+            groups[split] = Counter(datamodule.groups(datamodule.samples(split)))
+            listed = ", ".join(f"{g} ({n})" for g, n in sorted(groups[split].items()))
+            console.print(Text(f"groups of {split} (samples): {listed}"))
+    seen: Counter = Counter(g for counts in groups.values() for g in counts)
+    shared = sorted(g for g, n in seen.items() if n > 1)
+    if shared:
+        console.print(
+            f"[yellow]groups in more than one split: {', '.join(shared)}: a split validated "
+            "on them measures seen groups (data.val_groups holds whole groups out)"
+        )
     console.print(f"[red]{len(bad)} bad file(s)" if bad else "[green]no bad files")
     for file in sorted(bad):  # once more at the end: the files to fix or remove
         console.print(Text(f"  {file}"))

@@ -109,3 +109,27 @@ def test_command_exits_1_and_names_the_bad_file(clean_root: Path, tmp_path: Path
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 1, run.stderr[-2000:]
     assert "images/train/m2.png" in run.stdout and "1 bad file(s)" in run.stdout
+
+
+def test_check_data_lists_groups_and_the_ones_splits_share(tmp_path: Path) -> None:
+    root = tmp_path / "drives"
+    for split, names in {"train": ["d1_0", "d1_1", "d2_0"], "val": ["d2_5", "d3_0"]}.items():
+        for name in names:
+            image = root / "images" / split / f"{name}.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+            write_mask(root / "masks" / split / f"{name}.png", np.eye(4, dtype=np.uint8))
+    overrides = [
+        "data=folder",
+        f"data.root={root}",
+        "data.classes=[bg,a]",
+        "data.group='(d\\d)_'",
+        "splits=[train,val]",
+        "run_name=groups",
+    ]
+    cfg = compose_config("check_data", overrides, tmp_path)
+    assert check_data(cfg) == 0
+    report = (Path(cfg.paths.output_dir) / "report.txt").read_text()
+    assert "groups of train (samples): d1 (2), d2 (1)" in report
+    assert "groups of val (samples): d2 (1), d3 (1)" in report
+    assert "groups in more than one split: d2:" in report
