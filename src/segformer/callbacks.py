@@ -201,9 +201,9 @@ class LastCheckpoint(ModelCheckpoint):
         )
 
     def _fitting(self, trainer: L.Trainer) -> bool:
-        return (
-            trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
-        )
+        # fast_dev_run too (unlike ModelCheckpoint's top-k): debug=fdr leaves a checkpoint to
+        # try segformer-eval / -predict / -export on
+        return trainer.state.fn == "fit" and not trainer.sanity_checking
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # also when the periodic save ran at this step: that one predates the validation
