@@ -44,3 +44,20 @@ def test_eval_rejects_a_checkpoint_with_other_classes(tmp_path: Path) -> None:
     cfg = compose_config("eval", [f"ckpt_path={path}", "data.num_workers=0"], tmp_path)
     with pytest.raises(ValueError, match="19 classes"):
         evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_eval_on_two_ddp_processes_equals_one_process(tmp_path: Path) -> None:
+    """ddp_spawn evaluates in other processes: the metrics and reports still come back."""
+    cfg = compose_train(tmp_path, ["callbacks.prediction_grid=null"])
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    data = [o for o in TINY if o.startswith("data.")]
+    common = [f"ckpt_path={ckpt}", "trainer.precision=32-true", *data]
+    one = evaluate(compose_config("eval", [*common, "run_name=one"], tmp_path))
+    ddp_cfg = compose_config("eval", [*common, "run_name=two", "trainer=ddp_cpu"], tmp_path)
+    two = evaluate(ddp_cfg)
+    assert two == pytest.approx(one, abs=1e-6)
+    report = json.loads((Path(ddp_cfg.paths.output_dir) / "metrics.json").read_text())
+    assert report["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
+    assert len(report["per_class"]) == 6

@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from segformer.metrics import SUMMARY, per_class_results, save_confusion_matrix_png
@@ -86,37 +86,58 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     precision, reason = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
     print(f"precision {precision}: {reason}")
+    report = {
+        "checkpoint": str(cfg.ckpt_path),
+        "split": cfg.split,
+        "inference": OmegaConf.to_container(cfg.inference, resolve=True),
+        "precision": {"precision": precision, "reason": reason, "cpu_class": cpu_class()},
+    }
+    callbacks: list[Callback] = [RichProgressBar()]
+    if not cfg.get("corruption"):
+        callbacks.append(WriteReport(report, output_dir))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=precision,
-        callbacks=[RichProgressBar()],
+        callbacks=callbacks,
         logger=instantiate_dict(cfg.get("logger")) or False,
     )
     if cfg.get("corruption"):  # robustness to image corruptions (paper Table 5): robustness.py
         from segformer.robustness import evaluate_robustness
 
-        report = evaluate_robustness(cfg, trainer, module, datamodule, output_dir)
-        return {"clean_mIoU": report["clean"], "corrupted_mIoU": report["mean"]}
+        summary = evaluate_robustness(cfg, trainer, module, datamodule, output_dir)
+        return {"clean_mIoU": summary["clean"], "corrupted_mIoU": summary["mean"]}
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(module, datamodule=datamodule)
+    # callback_metrics, not the module: under ddp_spawn the evaluating processes are others
+    return {k: float(trainer.callback_metrics[f"{cfg.split}/{k}"]) for k in SUMMARY}
 
-    results = module.last_results[cfg.split]
-    metrics = {k: float(results[k]) for k in SUMMARY}
-    if trainer.is_global_zero:
-        per_class = per_class_results(results, module.class_names)
+
+class WriteReport(Callback):
+    """metrics.json and confusion_matrix.png, written by the process that holds the results
+    (global rank 0: this one, or a spawned one under ddp_spawn)."""
+
+    def __init__(self, report: dict[str, Any], output_dir: Path) -> None:
+        self.report, self.output_dir = report, output_dir
+
+    def on_validation_end(self, trainer: L.Trainer, module: SegFormerModule) -> None:
+        self._write(trainer, module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, module: SegFormerModule) -> None:
+        self._write(trainer, module, "test")
+
+    def _write(self, trainer: L.Trainer, module: SegFormerModule, split: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        results = module.last_results[split]
         report = {
-            "checkpoint": str(cfg.ckpt_path),
-            "split": cfg.split,
-            "inference": OmegaConf.to_container(cfg.inference, resolve=True),
-            "precision": {"precision": precision, "reason": reason, "cpu_class": cpu_class()},
-            **metrics,
-            "per_class": per_class,
+            **self.report,
+            **{k: float(results[k]) for k in SUMMARY},
+            "per_class": per_class_results(results, module.class_names),
         }
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         save_confusion_matrix_png(
-            results["confmat"], module.class_names, output_dir / "confusion_matrix.png"
+            results["confmat"], module.class_names, self.output_dir / "confusion_matrix.png"
         )
-    return metrics
 
 
 @hydra_cli("eval", config_name="eval")

@@ -282,7 +282,8 @@ def evaluate_robustness(
     def evaluate(dataloader: DataLoader, what: str) -> float:
         console.print(f"[bold]{what}")
         run(module, dataloaders=dataloader, verbose=False)
-        return float(module.last_results[split]["mIoU"])
+        # callback_metrics: under ddp_spawn other processes evaluate and only these come back
+        return float(trainer.callback_metrics[f"{split}/mIoU"])
 
     clean = evaluate(loader, "clean")
     results: dict[str, dict[int, float]] = {}
