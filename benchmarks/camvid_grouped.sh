@@ -1,7 +1,7 @@
 #!/bin/bash
 # How the CamVid recipe was chosen by a validation on a drive no training frame comes from, and
 # how far the standard val split sits from such a drive. One 2-core CPU, one run at a time.
-#   DATA=/path/to/camvid bash benchmarks/camvid_grouped.sh     # ~1 h 45 min on 2 cores
+#   DATA=/path/to/camvid bash benchmarks/camvid_grouped.sh     # ~3 h 40 min on 2 cores
 # Results of 2026-12-02: benchmarks/results/camvid_grouped.json (seen vs unseen drive) and
 # benchmarks/results/camvid_grouped_variants.json (the recipe variants, the chosen one).
 set -eu
@@ -32,3 +32,9 @@ ckpt="ckpt_path=$(last sel_v0)checkpoints/last.ckpt"                 # test-time
 
 # 3. the chosen recipe (V3 is now the experiment's default) on its 60-minute budget
 "${T[@]}"
+
+# 4. the same on the AVX2 class (dispatch restricted: precision auto keeps fp32), and the model to
+#    keep, trained on all 468 frames (validation then on seen frames): results/camvid_b0_cpu_avx2.json,
+#    results/camvid_b0_all_frames_cpu.json
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "${T[@]}" run_name=camvid_b0_avx2
+"${T[@]}" data.val_groups=null run_name=camvid_b0_all_frames
