@@ -54,10 +54,14 @@ def test_eval_on_two_ddp_processes_equals_one_process(tmp_path: Path) -> None:
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     data = [o for o in TINY if o.startswith("data.")]
     common = [f"ckpt_path={ckpt}", "trainer.precision=32-true", *data]
-    one = evaluate(compose_config("eval", [*common, "run_name=one"], tmp_path))
+    one_cfg = compose_config("eval", [*common, "run_name=one"], tmp_path)
+    one_dir = Path(one_cfg.paths.output_dir)
+    one = evaluate(one_cfg)
     ddp_cfg = compose_config("eval", [*common, "run_name=two", "trainer=ddp_cpu"], tmp_path)
+    two_dir = Path(ddp_cfg.paths.output_dir)
+    assert two_dir != one_dir and not (two_dir / "metrics.json").exists()
     two = evaluate(ddp_cfg)
     assert two == pytest.approx(one, abs=1e-6)
-    report = json.loads((Path(ddp_cfg.paths.output_dir) / "metrics.json").read_text())
+    report = json.loads((two_dir / "metrics.json").read_text())
     assert report["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
     assert len(report["per_class"]) == 6
