@@ -38,3 +38,10 @@ ckpt="ckpt_path=$(last sel_v0)checkpoints/last.ckpt"                 # test-time
 #    results/camvid_b0_all_frames_cpu.json
 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "${T[@]}" run_name=camvid_b0_avx2
 "${T[@]}" data.val_groups=null run_name=camvid_b0_all_frames
+
+# 5. longer step-matched variants (3000 steps, ~28 minutes each, validation every 375), where the
+#    960-step ones could not tell augmentation or averaging apart: results/camvid_grouped_variants_3000.json
+FIX=(budget.minutes=null trainer.max_steps=3000 trainer.val_check_interval=375)
+"${T[@]}" "${FIX[@]}" run_name=sel30_r0                                      # the recipe as it is
+"${T[@]}" "${FIX[@]}" run_name=sel30_r1_ema callbacks=ema                    # + weight EMA
+"${T[@]}" "${FIX[@]}" run_name=sel30_r2_nocw model.class_weights=null   # OHEM alone, no weights

@@ -191,3 +191,43 @@ def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path: Path) -> N
         tmp_path, ["model.ln_eps_preset=hf", f"ckpt_path={old}", "trainer.max_steps=3"]
     )
     assert torch.isfinite(torch.tensor(train_mod.train(resumed)["train/loss"]))
+
+
+@pytest.mark.slow
+def test_ema_validates_the_average_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """callbacks=ema: validation and the checkpoint's state_dict are the averaged weights (what
+    segformer-eval then reproduces), the raw ones travel beside them, and a run stopped at step 2
+    and resumed ends with the same average and raw weights as an uninterrupted one."""
+    from segformer.eval import evaluate
+
+    steps = [
+        "callbacks=ema",
+        "callbacks.ema.decay=0.5",
+        "callbacks.prediction_grid=null",
+        "trainer.max_steps=4",
+    ]
+    cfg = compose_train(tmp_path / "whole", steps)
+    whole_metrics = train_mod.train(cfg)
+    whole = torch.load(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)
+    average, raw = whole["state_dict"], whole["current_model_state"]
+    assert average.keys() == raw.keys()
+    assert any(not torch.equal(average[k], raw[k]) for k in average)
+
+    data = [o for o in TINY if o.startswith("data.")]
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints/last.ckpt"
+    eval_cfg = compose_config(
+        "eval", [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", *data], tmp_path / "eval"
+    )
+    assert evaluate(eval_cfg)["mIoU"] == pytest.approx(whole_metrics["val/mIoU"], abs=1e-6)
+
+    with_callback(monkeypatch, StepRecorder(stop_at=2))
+    train_mod.train(compose_train(tmp_path / "split", steps))
+    with_callback(monkeypatch, StepRecorder())
+    cfg = compose_train(tmp_path / "split", [*steps, "ckpt_path=last"])
+    assert train_mod.train(cfg)["val/mIoU"] == whole_metrics["val/mIoU"]
+    split = torch.load(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)
+    for part in ("state_dict", "current_model_state"):
+        for key, value in whole[part].items():
+            torch.testing.assert_close(split[part][key], value, rtol=0, atol=0, msg=key)
