@@ -217,9 +217,9 @@ def test_ema_validates_the_average_and_resumes_exactly(
 
     data = [o for o in TINY if o.startswith("data.")]
     ckpt = Path(cfg.paths.output_dir) / "checkpoints/last.ckpt"
-    eval_cfg = compose_config(
-        "eval", [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", *data], tmp_path / "eval"
-    )
+    # fp32 as the training (precision auto could pick bf16 on a busy machine)
+    over = [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "trainer.precision=32-true"]
+    eval_cfg = compose_config("eval", [*over, *data], tmp_path / "eval")
     assert evaluate(eval_cfg)["mIoU"] == pytest.approx(whole_metrics["val/mIoU"], abs=1e-6)
 
     with_callback(monkeypatch, StepRecorder(stop_at=2))
