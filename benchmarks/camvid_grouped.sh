@@ -45,3 +45,4 @@ FIX=(budget.minutes=null trainer.max_steps=3000 trainer.val_check_interval=375)
 "${T[@]}" "${FIX[@]}" run_name=sel30_r0                                      # the recipe as it is
 "${T[@]}" "${FIX[@]}" run_name=sel30_r1_ema callbacks=ema                    # + weight EMA
 "${T[@]}" "${FIX[@]}" run_name=sel30_r2_nocw model.class_weights=null   # OHEM alone, no weights
+"${T[@]}" "${FIX[@]}" run_name=sel30_r3_street augment=street                # + light/colour/noise shifts
