@@ -210,13 +210,13 @@ def test_ema_validates_the_average_and_resumes_exactly(
     ]
     cfg = compose_train(tmp_path / "whole", steps)
     whole_metrics = train_mod.train(cfg)
-    whole = torch.load(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints/last.ckpt"
+    whole = torch.load(ckpt, weights_only=True)
     average, raw = whole["state_dict"], whole["current_model_state"]
     assert average.keys() == raw.keys()
     assert any(not torch.equal(average[k], raw[k]) for k in average)
 
     data = [o for o in TINY if o.startswith("data.")]
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints/last.ckpt"
     # fp32 as the training (precision auto could pick bf16 on a busy machine)
     over = [f"ckpt_path={ckpt}", "trainer.limit_val_batches=1", "trainer.precision=32-true"]
     eval_cfg = compose_config("eval", [*over, *data], tmp_path / "eval")
