@@ -28,7 +28,7 @@ def random_pair(seed: int, h: int = 70, w: int = 90) -> tuple[np.ndarray, np.nda
     return image, np.kron(small, np.ones((5, 5), np.uint8))[:h, :w].copy()
 
 
-def folder_data(tmp_path: Path, augment: str | None) -> object:
+def folder_data(tmp_path: Path, augment: str | None, *extra: str) -> object:
     root = make_folder(tmp_path / "ds")
     overrides = [
         "data=folder",
@@ -36,16 +36,24 @@ def folder_data(tmp_path: Path, augment: str | None) -> object:
         "data.classes=[bg,fg]",
         "data.crop_size=[24,28]",
         "data.scale=[64,48]",
+        *extra,
     ]
     cfg = compose_config("train", overrides + ([f"augment={augment}"] if augment else []), tmp_path)
     return instantiate(cfg.data)
 
 
-def test_paper_list_gives_the_builtin_pipelines_outputs(tmp_path: Path) -> None:
-    listed = folder_data(tmp_path, "paper")
+@pytest.mark.parametrize("class_uniform", [0.0, 0.5])
+def test_paper_list_gives_the_builtin_pipelines_outputs(
+    tmp_path: Path, class_uniform: float
+) -> None:
+    extra = f"data.class_uniform={class_uniform}"
+    listed = folder_data(tmp_path, "paper", extra)
     assert isinstance(listed.train_transform.transforms[0], Resize)
+    assert listed.train_transform.transforms[1].class_uniform == class_uniform
     # the current code path: the pipeline built from the flat keys, as before this config
-    builtin = train_transform((24, 28), (64, 48), (0.5, 2.0), 0.75, 255, photometric=True)
+    builtin = train_transform(
+        (24, 28), (64, 48), (0.5, 2.0), 0.75, 255, photometric=True, class_uniform=class_uniform
+    )
     for seed in range(30):
         image, mask = random_pair(seed)
         want = builtin(image, mask, np.random.default_rng(seed))
@@ -53,7 +61,7 @@ def test_paper_list_gives_the_builtin_pipelines_outputs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
     # and through the dataset, keyed like the resumable sampler does
-    plain = folder_data(tmp_path, None)
+    plain = folder_data(tmp_path, None, extra)
     for key in [(0, 11), (3, 12), (2, 13)]:
         a, b = listed.dataset("train", True)[key], plain.dataset("train", True)[key]
         assert (a["image"] == b["image"]).all() and (a["mask"] == b["mask"]).all()

@@ -43,6 +43,7 @@ def test_rescale_size_fits_long_and_short_bounds(size, scale, expected):
 TRANSFORMS = {
     "resize": Resize((97, 53), ratio_range=(0.37, 2.9)),  # odd sizes and ratios
     "crop": RandomCrop((33, 21), cat_max_ratio=0.75),
+    "class_uniform_crop": RandomCrop((33, 21), cat_max_ratio=0.75, class_uniform=0.7),
     "flip": RandomFlip(0.5),
     "photometric": PhotoMetricDistortion(),
     "pad": Pad((71, 90)),
@@ -127,6 +128,42 @@ def test_cat_max_ratio_gives_up_after_ten_redraws():
     crop = RandomCrop((20, 20), cat_max_ratio=0.75)
     _, out = crop(np.zeros((50, 50, 3), np.uint8), mask, np.random.default_rng(0))
     assert out.shape == (20, 20) and (out == 2).all()
+
+
+def test_class_uniform_crops_find_a_rare_class_as_often_as_a_common_one():
+    # road (0) everywhere but one 6x6 pedestrian (5) in a corner and an ignored band: a random
+    # 40x40 crop holds the pedestrian (10/161 x 10/261) 0.2 % of the time, a class-uniform one
+    # half the time
+    mask = np.zeros((200, 300), np.uint8)
+    mask[190:196, 290:296] = 5
+    mask[:20] = 255
+    image = np.repeat(mask[..., None], 3, axis=2)  # the image repeats the mask: alignment check
+
+    def with_pedestrian(class_uniform: float) -> float:
+        crop = RandomCrop((40, 40), class_uniform=class_uniform)
+        hits = []
+        for seed in range(400):
+            out, out_mask = crop(image, mask, np.random.default_rng(seed))
+            assert out_mask.shape == (40, 40)  # near the border the crop moves inside
+            np.testing.assert_array_equal(out[..., 0], out_mask)
+            hits.append((out_mask == 5).any())
+        return float(np.mean(hits))
+
+    assert with_pedestrian(0.0) < 0.02
+    assert 0.4 < with_pedestrian(1.0) < 0.6  # road or pedestrian, never the ignored band
+    assert 0.2 < with_pedestrian(0.5) < 0.4
+
+
+def test_class_uniform_crop_of_small_or_unlabelled_masks():
+    crop = RandomCrop((64, 64), class_uniform=1.0)
+    mask = np.full((30, 50), 255, np.uint8)  # nothing labelled: an ordinary random crop
+    image = np.zeros((30, 50, 3), np.uint8)
+    out, out_mask = crop(image, mask, np.random.default_rng(0))
+    assert out.shape == (30, 50, 3) and out_mask.shape == (30, 50)  # Pad fills up later
+    mask[3, 4] = 2
+    assert (crop(image, mask, np.random.default_rng(1))[1] == 2).any()
+    with pytest.raises(ValueError, match="class_uniform is a probability"):
+        RandomCrop((8, 8), class_uniform=1.5)
 
 
 def test_normalize_matches_data_pipeline():

@@ -39,8 +39,9 @@ class SegmentationDataModule(L.LightningDataModule):
     by data/collate.py and each image still runs at its own size). num_workers: None ->
     min(4, CPUs). pin_memory: None -> when CUDA is available. crop_size: (h, w) or int.
     scale: base (long, short) bounds of the train resize, sampled at ratio_range.
-    cat_max_ratio / photometric: see transforms.train_transform. eval_resize: (long, short) to
-    resize val/test images (not masks) in the loader; None leaves the eval resize to inference.
+    cat_max_ratio / photometric / class_uniform: see transforms.train_transform. eval_resize:
+    (long, short) to resize val/test images (not masks) in the loader; None leaves the eval
+    resize to inference.
     eval: the dataset's inference settings ({mode, scale, align, crop, stride}) for the model
     config; kept as-is in `eval_settings`. seed: seeds shuffling and augmentation workers.
 
@@ -49,9 +50,9 @@ class SegmentationDataModule(L.LightningDataModule):
     (`image_format`). label_map: {stored mask value: class id}, replacing the dataset's own
     mapping; unnamed values are errors (ignore_index stays ignored). train_transforms: the
     augmentation steps (instantiated `_target_`s; albumentations ones are wrapped), replacing
-    the paper's pipeline built from scale / ratio_range / cat_max_ratio / photometric; Normalize
-    and Pad to crop_size always follow. label_check_files: masks of the train and val splits
-    read at fit start to catch 0/255 masks and one-class splits (0 = off).
+    the paper's pipeline built from scale / ratio_range / cat_max_ratio / photometric /
+    class_uniform; Normalize and Pad to crop_size always follow. label_check_files: masks of
+    the train and val splits read at fit start to catch 0/255 masks and one-class splits (0 = off).
 
     Splits: train_split may join splits with "+" ("train+val", e.g. for a final model). Grouped
     validation (data/groups.py): group is a regular expression giving each sample's group (a
@@ -82,6 +83,7 @@ class SegmentationDataModule(L.LightningDataModule):
         ratio_range: Sequence[float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         photometric: bool = True,
+        class_uniform: float = 0.0,
         ignore_index: int = 255,
         train_split: str = "train",
         val_split: str = "val",
@@ -151,6 +153,7 @@ class SegmentationDataModule(L.LightningDataModule):
             cat_max_ratio,
             ignore_index,
             photometric,
+            class_uniform,
             train_transforms,
             norm_mean,
             norm_std,

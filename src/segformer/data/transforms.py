@@ -94,14 +94,25 @@ class RandomCrop:
 
     Like mmseg: up to 10 re-draws while the crop holds a single class or one class (ignore
     excluded) covers >= cat_max_ratio of the labelled pixels; the last draw is kept unchecked.
+    class_uniform: the probability that a crop is instead placed around a random pixel of a class
+    drawn uniformly from those in the mask (class-uniform sampling, Zhu et al., CVPR 2019): a
+    pedestrian covering 1 % of a street image then appears in a crop as often as the road, so
+    small crops see rare classes far more often than their area would give them.
     """
 
     def __init__(
-        self, size: Sequence[int], cat_max_ratio: float = 1.0, ignore_index: int = 255
+        self,
+        size: Sequence[int],
+        cat_max_ratio: float = 1.0,
+        ignore_index: int = 255,
+        class_uniform: float = 0.0,
     ) -> None:
+        if not 0.0 <= class_uniform <= 1.0:
+            raise ValueError(f"class_uniform is a probability (0-1), got {class_uniform}")
         self.size = tuple(size)
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
+        self.class_uniform = class_uniform
 
     def _offset(self, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, int]:
         return (
@@ -109,22 +120,46 @@ class RandomCrop:
             int(rng.integers(max(shape[1] - self.size[1], 0) + 1)),
         )
 
-    def _balanced(self, crop: np.ndarray) -> bool:
-        counts = np.bincount(crop.ravel(), minlength=256)  # O(N), unlike np.unique's sort
+    def _counts(self, mask: np.ndarray) -> np.ndarray:
+        counts = np.bincount(mask.ravel(), minlength=256)  # O(N), unlike np.unique's sort
         counts[self.ignore_index] = 0
+        return counts
+
+    def _balanced(self, crop: np.ndarray) -> bool:
+        counts = self._counts(crop)
         counts = counts[counts > 0]
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def _around_class(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+        """An offset whose crop holds a random pixel of a uniformly drawn class (None: no label)."""
+        present = np.flatnonzero(self._counts(mask))
+        if len(present) == 0:
+            return None
+        ys, xs = np.nonzero(mask == rng.choice(present))
+        i = int(rng.integers(len(ys)))
+        # the pixel lands anywhere in the crop, not always at its centre
+        y = int(ys[i]) - int(rng.integers(self.size[0]))
+        x = int(xs[i]) - int(rng.integers(self.size[1]))
+        return (
+            min(max(y, 0), max(mask.shape[0] - self.size[0], 0)),
+            min(max(x, 0), max(mask.shape[1] - self.size[1], 0)),
+        )
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size
-        y, x = self._offset(mask.shape, rng)
-        if self.cat_max_ratio < 1.0:
-            for _ in range(10):
-                if self._balanced(mask[y : y + h, x : x + w]):
-                    break
-                y, x = self._offset(mask.shape, rng)
+        offset = None
+        if self.class_uniform > 0 and rng.random() < self.class_uniform:
+            offset = self._around_class(mask, rng)
+        if offset is None:
+            offset = self._offset(mask.shape, rng)
+            if self.cat_max_ratio < 1.0:
+                for _ in range(10):
+                    if self._balanced(mask[offset[0] : offset[0] + h, offset[1] : offset[1] + w]):
+                        break
+                    offset = self._offset(mask.shape, rng)
+        y, x = offset
         return image[y : y + h, x : x + w], mask[y : y + h, x : x + w]
 
 
@@ -337,12 +372,14 @@ def paper_augmentations(
     cat_max_ratio: float = 0.75,
     ignore_index: int = 255,
     photometric: bool = True,
+    class_uniform: float = 0.0,
 ) -> list[Transform]:
     """The SegFormer (mmseg) augmentation: keep-ratio random resize, crop with cat_max_ratio,
-    horizontal flip, photometric distortion (configs/augment/paper.yaml lists the same)."""
+    horizontal flip, photometric distortion (configs/augment/paper.yaml lists the same);
+    class_uniform > 0 places that share of the crops around a class (RandomCrop)."""
     transforms: list[Transform] = [
         Resize(scale, ratio_range),
-        RandomCrop(crop_size, cat_max_ratio, ignore_index),
+        RandomCrop(crop_size, cat_max_ratio, ignore_index, class_uniform),
         RandomFlip(0.5),
     ]
     if photometric:
@@ -357,6 +394,7 @@ def train_transform(
     cat_max_ratio: float = 0.75,
     ignore_index: int = 255,
     photometric: bool = True,
+    class_uniform: float = 0.0,
     augmentations: Sequence[Any] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -366,7 +404,7 @@ def train_transform(
     (`mean`/`std`, default ImageNet) and Pad to crop_size."""
     if augmentations is None:
         steps = paper_augmentations(
-            crop_size, scale, ratio_range, cat_max_ratio, ignore_index, photometric
+            crop_size, scale, ratio_range, cat_max_ratio, ignore_index, photometric, class_uniform
         )
     else:
         steps = [as_transform(step, ignore_index) for step in augmentations]
