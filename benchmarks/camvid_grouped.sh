@@ -1,7 +1,7 @@
 #!/bin/bash
 # How the CamVid recipe was chosen by a validation on a drive no training frame comes from, and
 # how far the standard val split sits from such a drive. One 2-core CPU, one run at a time.
-#   DATA=/path/to/camvid bash benchmarks/camvid_grouped.sh     # ~3 h 40 min on 2 cores
+#   DATA=/path/to/camvid bash benchmarks/camvid_grouped.sh     # ~8 h on 2 cores
 # Results of 2026-12-02: benchmarks/results/camvid_grouped.json (seen vs unseen drive) and
 # benchmarks/results/camvid_grouped_variants.json (the recipe variants, the chosen one).
 set -eu
@@ -46,3 +46,13 @@ FIX=(budget.minutes=null trainer.max_steps=3000 trainer.val_check_interval=375)
 "${T[@]}" "${FIX[@]}" run_name=sel30_r1_ema callbacks=ema                    # + weight EMA
 "${T[@]}" "${FIX[@]}" run_name=sel30_r2_nocw model.class_weights=null   # OHEM alone, no weights
 "${T[@]}" "${FIX[@]}" run_name=sel30_r3_street augment=street                # + light/colour/noise shifts
+
+# 6. a second held-out drive (leave-one-drive-out: 0001TP, 62 frames, out of training; 406 frames of
+#    0006R0 and 0016E5 in it) for the recipe, and more variants on 0006R0, same length:
+#    results/camvid_grouped_variants_3000.json
+"${T[@]}" "${FIX[@]}" run_name=fold2_r0 'data.val_groups=[0001TP]'         # the recipe, other drive
+"${T[@]}" "${FIX[@]}" run_name=sel30_r5_crop240x320 'data.crop_size=[240,320]' data.batch_size=8 \
+  'model.loss=[{name:ohem,weight:1.0,thresh:0.7,min_kept:17000}]'              # same pixels a batch
+"${T[@]}" "${FIX[@]}" run_name=sel30_r6_regularised optimizer.weight_decay=0.05 model.drop_path_rate=0.2
+"${T[@]}" "${FIX[@]}" run_name=sel30_r4_class_uniform data.class_uniform=0.5  # rare-class crops
+"${T[@]}" "${FIX[@]}" run_name=sel30_r7_scale075 'data.scale=[360,270]' 'inference.scale=[360,270]'

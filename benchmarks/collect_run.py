@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/collect_run.py logs/train/camvid_b0/<time> \\
         benchmarks/results/camvid_b0_cpu.json [--command "segformer-train ..."]
     .venv/bin/python benchmarks/collect_run.py --variants A=logs/train/a/<time> B=... \\
-        benchmarks/results/camvid_grouped_variants.json [--chosen B] [--what "..."]
+        benchmarks/results/camvid_grouped_variants.json [--chosen B] [--what "..."] [--add]
+
+--add keeps the runs already in the file (their run directories may be gone) and adds these,
+each with its own date and machine.
 
 Per run: final metrics (metrics.json), per-class validation IoU, learning curve (validation mIoU
 per step, training loss every 100 steps), the run plan (precision, time budget), resolved
@@ -70,12 +73,18 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true", help="several named runs")
     parser.add_argument("--chosen", default=None, help="--variants: the name of the one chosen")
     parser.add_argument("--what", default=None, help="--variants: what they compare")
+    parser.add_argument("--add", action="store_true", help="--variants: add to the file's runs")
     args = parser.parse_args()
     head = {"date": date.today().isoformat(), "machine": machine()}
     if args.variants:
-        runs = dict(r.split("=", 1) for r in args.runs)
-        result = {**head, "what": args.what, "chosen": args.chosen}
-        result["runs"] = {name: collect(Path(d)) for name, d in runs.items()}
+        runs = {n: collect(Path(d)) for n, d in (r.split("=", 1) for r in args.runs)}
+        if args.add:
+            result = json.loads(args.out.read_text())
+            result["what"] = args.what or result["what"]
+            result["chosen"] = args.chosen or result["chosen"]
+            result["runs"].update({n: {**head, **r} for n, r in runs.items()})
+        else:
+            result = {**head, "what": args.what, "chosen": args.chosen, "runs": runs}
         summary = {n: r["val_mIoU"] for n, r in result["runs"].items()}
         print(f"{args.out}: val mIoU {json.dumps(summary)}")
     else:
