@@ -345,11 +345,18 @@ def test_eval_command_with_val_batch_size_4_on_mixed_sizes(tmp_path, weights) ->
         write_pair(root, "val", f"{i}", size)
     base = [f"ckpt_path={weights}", "data=folder", f"data.root={root}", "data.num_workers=0"]
     base.append(f"data.classes=[{','.join(CLASSES)}]")
-    results = [
-        evaluate(compose_config("eval", [*base, f"data.val_batch_size={n}"], tmp_path / str(n)))
-        for n in (1, 4)
-    ]
-    assert results[0] == results[1]
+
+    def run(n: int, precision: str) -> dict[str, float]:
+        overrides = [*base, f"data.val_batch_size={n}", f"trainer.precision={precision}"]
+        return evaluate(compose_config("eval", overrides, tmp_path / f"{n}_{precision}"))
+
+    # fp32: exactly batch size 1's metrics
+    assert run(1, "32-true") == run(4, "32-true")
+    # bf16 autocast picks other kernels for a batch of 2 same-size images, so near-tie pixels
+    # may flip (a CI machine moved mIoU 0.1778 -> 0.1777 on these random weights): close, not equal
+    one, four = run(1, "auto"), run(4, "auto")
+    assert one.keys() == four.keys()
+    assert all(abs(one[k] - four[k]) < 0.005 for k in one), (one, four)
 
 
 # --- 5. config / checkpoint mismatches, user errors without a traceback

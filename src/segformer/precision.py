@@ -6,11 +6,19 @@ training step runs about 8.5x *slower* than in fp32 (measured on an AVX2-only CP
 instructions present, a short measurement of the workload itself (fp32 vs bf16, a few runs)
 decides, so a dispatch limited by ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` or a CPU where
 bf16 does not win still gets fp32. On CUDA, bf16 where the GPU supports it.
+
+The measurement of the default (inference) workload is kept per machine in
+``$XDG_CACHE_HOME/segformer/precision.json`` (``~/.cache`` by default): a speedup near the
+threshold would otherwise flip between runs, and with it an eval's metrics in the last digits.
+Training measures its own steps (its workload depends on the config) and a resumed run keeps the
+precision it started with.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import os
 import platform
 import time
@@ -103,6 +111,36 @@ def bf16_speedup(probe: Probe = inference_probe, repeats: int = 3) -> float:
     return min(times[False]) / min(times[True])
 
 
+def speedup_cache() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "segformer" / "precision.json"
+
+
+def cached_inference_speedup() -> tuple[float, str]:
+    """(bf16 speedup of :func:`inference_probe`, where it comes from): measured once per machine
+    (CPU, ISA limits, threads, torch) and then read from :func:`speedup_cache`. An unreadable
+    cache is measured over; one that cannot be written only costs a measurement next time."""
+    path, key = speedup_cache(), json.dumps(cpu_info(), sort_keys=True)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entries = entries if isinstance(entries, dict) else {}
+    entry = entries.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("speedup"), int | float):
+        return float(entry["speedup"]), f"measured {entry.get('date')}, kept in {path}"
+    speedup = bf16_speedup(inference_probe)
+    entries[key] = {"speedup": round(speedup, 4), "date": datetime.date.today().isoformat()}
+    try:  # written whole, then renamed: a process reading at the same time sees old or new
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError:
+        return speedup, f"measured now; {path} not writable"
+    return speedup, f"measured now, kept in {path}"
+
+
 def choose_precision(accelerator: str = "auto", probe: Probe | None = None) -> tuple[str, str]:
     """(Lightning precision, the reason) for ``precision=auto`` on ``accelerator``. ``probe`` is
     the workload measured when the CPU has bf16 units (default: a B0 inference)."""
@@ -115,12 +153,16 @@ def choose_precision(accelerator: str = "auto", probe: Probe | None = None) -> t
     if "+" not in cls:
         why = "no AVX512-BF16 / AMX" if info["capability"] != "AVX512" else "no bf16 units"
         return "32-true", f"CPU {cls} ({why}): bf16 would be emulated, several times slower: fp32"
-    speedup = bf16_speedup(probe or inference_probe)
+    if probe is None:
+        speedup, source = cached_inference_speedup()
+    else:
+        speedup, source = bf16_speedup(probe), "measured now"
     bf16 = speedup >= BF16_SPEEDUP_NEEDED
     return (
         "bf16-mixed" if bf16 else "32-true",
         f"CPU {cls}: bf16 autocast measured {speedup:.2f}x the speed of fp32 on this workload: "
-        + ("bf16" if bf16 else f"fp32 (bf16 needs >= {BF16_SPEEDUP_NEEDED}x)"),
+        + ("bf16" if bf16 else f"fp32 (bf16 needs >= {BF16_SPEEDUP_NEEDED}x)")
+        + f" ({source})",
     )
 
 
