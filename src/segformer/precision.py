@@ -7,11 +7,10 @@ instructions present, a short measurement of the workload itself (fp32 vs bf16, 
 decides, so a dispatch limited by ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` or a CPU where
 bf16 does not win still gets fp32. On CUDA, bf16 where the GPU supports it.
 
-The measurement of the default (inference) workload is kept per machine in
-``$XDG_CACHE_HOME/segformer/precision.json`` (``~/.cache`` by default): a speedup near the
-threshold would otherwise flip between runs, and with it an eval's metrics in the last digits.
-Training measures its own steps (its workload depends on the config) and a resumed run keeps the
-precision it started with.
+Each measurement is kept per machine and workload in ``$XDG_CACHE_HOME/segformer/precision.json``
+(``~/.cache`` by default): a speedup near the threshold would otherwise flip between runs, and
+with it an eval's last digits or a rerun's weights. A resumed run keeps the precision it started
+with.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ def cpu_class() -> str:
 
 
 Probe = Callable[[bool], float]  # runs the workload once (bf16 autocast or not), returns seconds
+Workload = tuple[str, Probe]  # (what it is, for the cache key and the reason; its probe)
 
 
 def inference_probe(bf16: bool) -> float:
@@ -116,11 +116,12 @@ def speedup_cache() -> Path:
     return cache / "segformer" / "precision.json"
 
 
-def cached_inference_speedup() -> tuple[float, str]:
-    """(bf16 speedup of :func:`inference_probe`, where it comes from): measured once per machine
-    (CPU, ISA limits, threads, torch) and then read from :func:`speedup_cache`. An unreadable
-    cache is measured over; one that cannot be written only costs a measurement next time."""
-    path, key = speedup_cache(), json.dumps(cpu_info(), sort_keys=True)
+def measured_speedup(workload: Workload) -> tuple[float, str]:
+    """(bf16 speedup of the workload's probe, where it comes from): measured once per machine
+    (CPU, ISA limits, threads, torch) and workload, then read from :func:`speedup_cache`. An
+    unreadable cache is measured over; one that cannot be written costs a measurement next time."""
+    name, probe = workload
+    path, key = speedup_cache(), json.dumps({**cpu_info(), "workload": name}, sort_keys=True)
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -129,7 +130,7 @@ def cached_inference_speedup() -> tuple[float, str]:
     entry = entries.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speedup"), int | float):
         return float(entry["speedup"]), f"measured {entry.get('date')}, kept in {path}"
-    speedup = bf16_speedup(inference_probe)
+    speedup = bf16_speedup(probe)
     entries[key] = {"speedup": round(speedup, 4), "date": datetime.date.today().isoformat()}
     try:  # written whole, then renamed: a process reading at the same time sees old or new
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,9 +142,12 @@ def cached_inference_speedup() -> tuple[float, str]:
     return speedup, f"measured now, kept in {path}"
 
 
-def choose_precision(accelerator: str = "auto", probe: Probe | None = None) -> tuple[str, str]:
-    """(Lightning precision, the reason) for ``precision=auto`` on ``accelerator``. ``probe`` is
-    the workload measured when the CPU has bf16 units (default: a B0 inference)."""
+INFERENCE: Workload = ("B0 inference, 2x3x256x256", inference_probe)
+
+
+def choose_precision(accelerator: str = "auto", workload: Workload = INFERENCE) -> tuple[str, str]:
+    """(Lightning precision, the reason) for ``precision=auto`` on ``accelerator``. ``workload``
+    is measured (once, :func:`measured_speedup`) when the CPU has bf16 units."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "the GPU"
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -153,23 +157,20 @@ def choose_precision(accelerator: str = "auto", probe: Probe | None = None) -> t
     if "+" not in cls:
         why = "no AVX512-BF16 / AMX" if info["capability"] != "AVX512" else "no bf16 units"
         return "32-true", f"CPU {cls} ({why}): bf16 would be emulated, several times slower: fp32"
-    if probe is None:
-        speedup, source = cached_inference_speedup()
-    else:
-        speedup, source = bf16_speedup(probe), "measured now"
+    speedup, source = measured_speedup(workload)
     bf16 = speedup >= BF16_SPEEDUP_NEEDED
     return (
         "bf16-mixed" if bf16 else "32-true",
         f"CPU {cls}: bf16 autocast measured {speedup:.2f}x the speed of fp32 on this workload: "
         + ("bf16" if bf16 else f"fp32 (bf16 needs >= {BF16_SPEEDUP_NEEDED}x)")
-        + f" ({source})",
+        + f" ({workload[0]}: {source})",
     )
 
 
 def resolve_precision(
-    precision: str | int | None, accelerator: str = "auto", probe: Probe | None = None
+    precision: str | int | None, accelerator: str = "auto", workload: Workload = INFERENCE
 ) -> tuple[str, str]:
     """``precision`` as given, or the choice of :func:`choose_precision` for "auto"."""
     if str(precision) != "auto":
         return str(precision), "set explicitly"
-    return choose_precision(accelerator, probe)
+    return choose_precision(accelerator, workload)

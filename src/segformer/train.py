@@ -7,6 +7,8 @@ segformer-train experiment=synthetic ckpt_path=last      # resume the newest run
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import warnings
 from collections.abc import Callable
@@ -88,20 +90,18 @@ def plan_run(
             "budget.minutes plans one device's run; with several devices or nodes set "
             "budget.minutes=null and trainer.max_steps=N"
         )
-    # a measurement decides auto precision only on a CPU with bf16 units (precision.py)
-    probe_precision = str(precision) == "auto" and device.type == "cpu" and "+" in cpu_class()
-    if wants_budget or probe_precision:
-        timer = StepTimer(module, datamodule, device)  # real steps on real batches
+    # real steps on real batches, made only when something is measured
+    timer = functools.cache(lambda: StepTimer(module, datamodule, device))
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else None):
         if precision_reason is None:
-            probe = timer.step if timer is not None else None
-            precision, precision_reason = resolve_precision(precision, accelerator, probe)
+            workload = (training_workload(cfg), lambda bf16: timer().step(bf16))
+            precision, precision_reason = resolve_precision(precision, accelerator, workload)
         plan: dict[str, Any] = {"precision": precision, "precision_reason": precision_reason}
         if stored.get("budget"):
             plan.update(budget=stored["budget"], resumed=True)
         elif wants_budget:
             bf16 = precision.startswith("bf16")
-            step = timer.steady_step(bf16)
+            step = timer().steady_step(bf16)
             limit = cfg.trainer.get("limit_val_batches")
             val, per_batch = validation_seconds(module, datamodule, device, bf16, limit)
             every = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps")
@@ -116,8 +116,19 @@ def plan_run(
                 checkpoint_every=every,
                 sanity_seconds=per_batch * int(cfg.trainer.get("num_sanity_val_steps") or 0),
             ).as_dict()
-    del timer  # its loader workers and model copy
+    timer.cache_clear()  # its loader workers and model copy
     return plan
+
+
+def training_workload(cfg: DictConfig) -> str:
+    """Names what a training step's speed depends on, for precision.py's kept measurements:
+    the model and data settings (loss and augmentation included), digested."""
+    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode())
+    return (
+        f"training steps of {cfg.model.get('variant')}, batch {cfg.data.get('batch_size')}, "
+        f"model + data config {digest.hexdigest()[:12]}"
+    )
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
