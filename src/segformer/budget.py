@@ -7,7 +7,8 @@ run: ``max_steps`` (the config's value becomes an upper bound) and ``val_check_i
 is built from that ``max_steps``, so warmup + poly decay end exactly there. The plan is stored in
 every checkpoint; ``ckpt_path=last`` continues it instead of calibrating again, so a resumed run
 is the uninterrupted one. Calibration runs in a forked RNG and its own data loader, leaving the
-training run's random streams and sample order untouched.
+training run's random streams and sample order untouched. If the machine gets slower after the
+calibration, ``callbacks.BudgetGuard`` ends the run early, validated, within the budget.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from segformer.budget import (
     plan_budget,
     validation_seconds,
 )
-from segformer.callbacks import LastCheckpoint
+from segformer.callbacks import BudgetGuard, LastCheckpoint
 from segformer.precision import cpu_class, cpu_info, resolve_precision
 from segformer.utils import (
     build_module,
@@ -146,6 +146,10 @@ def _report_plan(plan: dict[str, Any], output_dir: Path) -> None:
             f"validation every {b['val_check_interval']} steps ({b['validation_seconds']:.1f} s "
             f"each), planned {b['calibrated_at_seconds']:.0f} s after start-up"
         )
+    _write_plan(plan, output_dir)
+
+
+def _write_plan(plan: dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     record = {**plan, "cpu_class": cpu_class(), "cpu": cpu_info()}
     (output_dir / "run_plan.json").write_text(json.dumps(record, indent=2))
@@ -177,6 +181,8 @@ def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]
     callbacks = instantiate_dict(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if "budget" in plan and not plan.get("resumed"):  # a resumed run's clock is not the plan's
+        callbacks.append(BudgetGuard(plan, elapsed))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **fixed,
@@ -197,6 +203,8 @@ def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]
         metrics.update(_scalars(trainer.callback_metrics))
 
     if trainer.is_global_zero:
+        if "budget_stop" in plan:
+            _write_plan(plan, output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         ckpt = next(
             (c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), ""
