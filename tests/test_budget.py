@@ -86,7 +86,7 @@ def test_budgeted_run_finishes_within_its_budget(tmp_path: Path) -> None:
     # it ran the planned steps, validated at the last one, and last.ckpt is that state; or,
     # where the steps ran slower than calibrated, the guard ended it early, validated there and
     # said so (these 0.05 s steps: Lightning's ~10 ms of work per step is not in the
-    # calibration; seen: 0.056 s against 0.045 s, stopped at step 479 of 632)
+    # calibration; seen on AVX512: 0.056 s against 0.045 s, stopped at step 479 of 632)
     stop = json.loads((run / "run_plan.json").read_text()).get("budget_stop")
     last = stop["step"] if stop else plan["max_steps"]
     assert ckpt["global_step"] == last >= 0.6 * plan["max_steps"], stop

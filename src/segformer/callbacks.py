@@ -228,7 +228,8 @@ class BudgetGuard(L.Callback):
     step (the median of the last five: a checkpoint write between two is not a step) and, with
     a quarter to spare, a validation and the exit: the longest validation so far (checkpoint
     writes included) or the calibrated one slowed down as the steps are, whichever is longer
-    (under a CPU hog on 2 cores, steps ran 3.7x and a validation 5.5x their calibrated times).
+    (under a CPU hog on 2 AVX512 + AVX512-BF16 cores, steps ran 3.7x and a validation 5.5x
+    their calibrated times).
     Otherwise the run stops there, and says where and why in ``run_plan["budget_stop"]`` (the
     run plan that checkpoints store).
     """
