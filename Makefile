@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml | .venv/bin/python
 
 install: $(STAMP) ## create .venv and install the project with its extras
 
-train: install ## train B0 on the embedded synthetic data (no downloads); ARGS="..." adds Hydra overrides
-	$(PYTHON) -m segformer.train $(ARGS)
+train: install ## the 5-minute demo: B0 on the embedded synthetic data (no downloads); ARGS="..." adds overrides
+	$(PYTHON) -m segformer.train experiment=synthetic $(ARGS)
 
 test: install ## run the whole test suite (slow tests included)
 	$(PYTHON) -m pytest $(ARGS)
@@ -41,7 +41,7 @@ test-fast: install ## run the tests not marked slow
 lint: install ## ruff lint + format check, codespell
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
-	$(PYTHON) -m codespell_lib src tests configs README.md
+	$(PYTHON) -m codespell_lib src tests configs README.md docs
 
 format: install ## apply ruff fixes and formatting
 	$(PYTHON) -m ruff check --fix src tests benchmarks

@@ -53,6 +53,6 @@ FIX=(budget.minutes=null trainer.max_steps=3000 trainer.val_check_interval=375)
 "${T[@]}" "${FIX[@]}" run_name=fold2_r0 'data.val_groups=[0001TP]'         # the recipe, other drive
 "${T[@]}" "${FIX[@]}" run_name=sel30_r5_crop240x320 'data.crop_size=[240,320]' data.batch_size=8 \
   'model.loss=[{name:ohem,weight:1.0,thresh:0.7,min_kept:17000}]'              # same pixels a batch
-"${T[@]}" "${FIX[@]}" run_name=sel30_r6_regularised optimizer.weight_decay=0.05 model.drop_path_rate=0.2
+"${T[@]}" "${FIX[@]}" run_name=sel30_r6_regularised optimizer.weight_decay=0.05 model.encoder.drop_path_rate=0.2
 "${T[@]}" "${FIX[@]}" run_name=sel30_r4_class_uniform data.class_uniform=0.5  # rare-class crops
 "${T[@]}" "${FIX[@]}" run_name=sel30_r7_scale075 'data.scale=[360,270]' 'inference.scale=[360,270]'

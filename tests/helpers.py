@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import segformer.train as train_mod
-from segformer.utils import CONFIG_DIR, register_resolvers
+from segformer.cli import CONFIG_DIR
+from segformer.resolvers import register_resolvers
 
 __all__ = [
     "CAMVID_ROOT",
@@ -30,6 +31,7 @@ CAMVID_ROOT = REPO_ROOT.parent / "shared" / "data" / "camvid"
 
 # tiny settings that keep a real fit/validate loop to a few seconds on 2 CPU cores
 TINY = [
+    "experiment=synthetic",
     "data.num_train=16",
     "data.num_val=4",
     "data.image_size=64",

@@ -65,3 +65,49 @@ def test_eval_on_two_ddp_processes_equals_one_process(tmp_path: Path) -> None:
     report = json.loads((two_dir / "metrics.json").read_text())
     assert report["mIoU"] == pytest.approx(one["mIoU"], abs=1e-6)
     assert len(report["per_class"]) == 6
+
+
+def test_paper_experiment_evaluates_on_a_cpu_only_machine(tmp_path: Path) -> None:
+    """`segformer-eval experiment=cityscapes ckpt_path=...` with no trainer override runs on
+    whatever the machine has (here a CPU): the paper's sliding-window evaluation of a 19-class
+    checkpoint on a Cityscapes-layout folder (two small frames)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from segformer.models import SegFormer
+
+    for i in range(2):
+        frame = f"aachen_000000_00000{i}"
+        image = tmp_path / "cityscapes" / "leftImg8bit" / "val" / "aachen"
+        mask = tmp_path / "cityscapes" / "gtFine" / "val" / "aachen"
+        image.mkdir(parents=True, exist_ok=True)
+        mask.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)).save(
+            image / f"{frame}_leftImg8bit.png"
+        )
+        ids = rng.integers(0, 19, (64, 128), dtype=np.uint8)
+        Image.fromarray(ids).save(mask / f"{frame}_gtFine_labelTrainIds.png")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "b0_city.safetensors"
+    save_file(SegFormer("b0", num_classes=19).state_dict(), ckpt)
+    cfg = compose_config(
+        "eval",
+        [
+            "experiment=cityscapes",
+            f"ckpt_path={ckpt}",
+            f"data.root={tmp_path / 'cityscapes'}",
+            "data.num_workers=0",
+            "inference.crop=[64,64]",
+            "inference.stride=[48,48]",
+        ],
+        tmp_path,
+    )
+    assert cfg.trainer.accelerator == "auto"
+    metrics = evaluate(cfg)
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    report = json.loads(next((tmp_path / "logs" / "eval").rglob("metrics.json")).read_text())
+    assert report["inference"]["mode"] == "slide"
+    assert report["precision"]["precision"] in ("32-true", "bf16-mixed")

@@ -1,22 +1,16 @@
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segformer.inference import (
-    ADE20K_MS,
-    ADE20K_SS,
-    CITYSCAPES_MS,
-    CITYSCAPES_SS,
     InferenceConfig,
     multi_scale_inference,
     predict_logits,
     resized_shape,
     sliding_window_inference,
-    whole_inference,
 )
+from segformer.models.upsample import resize_bilinear
 
 K = 5
 
@@ -36,6 +30,15 @@ class Recorder(nn.Module):
         self.shapes.append(tuple(x.shape))
         logits = self.conv(x)
         return F.avg_pool2d(logits, 4) if self.context else logits
+
+
+def whole_inference(
+    model: nn.Module, images: Tensor, scale: tuple[int, int] | None = None, align: int | None = None
+) -> Tensor:
+    """The straightforward whole-image path: resize, one forward, logits back at (H, W)."""
+    size = images.shape[-2:]
+    x = resize_bilinear(images, resized_shape(size, scale, align))
+    return resize_bilinear(resize_bilinear(model(x), x.shape[-2:]), size)
 
 
 def _images(*shape: int) -> Tensor:
@@ -133,23 +136,33 @@ def test_predict_logits_dispatch_and_out_size() -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 16, 24))  # several passes: probs
 
 
-def test_presets_hold_paper_settings() -> None:
-    assert (ADE20K_SS.mode, ADE20K_SS.scale, ADE20K_SS.align) == ("whole", (2048, 512), 32)
-    assert (ADE20K_SS.scales, ADE20K_SS.flip) == ((1.0,), False)
-    assert (
-        dataclasses.replace(ADE20K_SS, scales=(0.75, 0.875, 1.0, 1.125, 1.25), flip=True)
-        == ADE20K_MS
-    )
-    assert (CITYSCAPES_SS.mode, CITYSCAPES_SS.scale, CITYSCAPES_SS.align) == (
-        "slide",
-        (2048, 1024),
-        None,
-    )
-    assert (CITYSCAPES_SS.crop, CITYSCAPES_SS.stride) == ((1024, 1024), (768, 768))
-    assert (
-        dataclasses.replace(CITYSCAPES_SS, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), flip=True)
-        == CITYSCAPES_MS
-    )
+@pytest.mark.parametrize(
+    ("data", "single_scale", "scales"),
+    [
+        ("ade20k", ("whole", (2048, 512), 32, None, None), (0.75, 0.875, 1.0, 1.125, 1.25)),
+        (
+            "cityscapes",
+            ("slide", None, None, (1024, 1024), (768, 768)),  # native 2048x1024
+            (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+        ),
+    ],
+)
+def test_data_configs_give_the_paper_inference(data, single_scale, scales, tmp_path) -> None:
+    """The paper's single-scale test of each data set comes from its data config; multi-scale +
+    flip is the command-line override the README gives."""
+    from helpers import compose_config
+    from omegaconf import OmegaConf
+
+    ms = [f"inference.scales=[{','.join(map(str, scales))}]", "inference.flip=true"]
+    for overrides, want_scales, flip in (([], (1.0,), False), (ms, scales, True)):
+        cfg = compose_config("eval", [f"data={data}", "ckpt_path=x", *overrides], tmp_path)
+        settings = OmegaConf.to_container(cfg.inference, resolve=True)
+        inference = InferenceConfig(**{k: v for k, v in settings.items() if v is not None})
+        got = (inference.mode, inference.scale, inference.align, inference.crop, inference.stride)
+        n = 5 if inference.mode == "slide" else 3  # a window matters to slide only
+        assert got[:n] == single_scale[:n]
+        assert (inference.scales, inference.flip) == (want_scales, flip)
+        assert inference.window_batch == 4
 
 
 def test_config_normalises_and_validates() -> None:

@@ -93,11 +93,11 @@ def test_wheel_install_runs_from_anywhere(tmp_path: Path) -> None:
 
     work.mkdir()
     where = run(
-        [str(python), "-c", "import segformer.utils as u; print(u.__file__); print(u.CONFIG_DIR)"],
+        [str(python), "-c", "import segformer.cli as u; print(u.__file__); print(u.CONFIG_DIR)"],
         cwd=work,
     ).stdout.split()
     assert where == [
-        str(purelib / "segformer" / "utils.py"),
+        str(purelib / "segformer" / "cli.py"),
         str(purelib / "segformer" / "configs"),
     ]
 
@@ -118,7 +118,8 @@ def test_wheel_install_runs_from_anywhere(tmp_path: Path) -> None:
         "trainer.enable_model_summary=false",
     ]
     run(train, cwd=work)
-    (run_dir,) = (work / "logs" / "debug" / "synthetic_b0").iterdir()
+    # no experiment: the run is named after the user's data
+    (run_dir,) = (work / "logs" / "debug" / "tiny_synthetic_b0").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     config = (run_dir / "config.yaml").read_text()
     assert "image_size: 32" in config and "num_train: 8" in config  # the user's data config

@@ -121,7 +121,7 @@ def training_grid_colours(out_dir: Path, datamodule, num_classes: int) -> list[l
     validation (the callback driven with a stand-in trainer)."""
     ids = np.arange(num_classes, dtype=np.uint8)[None]  # (1, K): one pixel per class
     callback = PredictionGrid()
-    callback._rows = [(np.zeros((1, num_classes, 3), np.uint8), ids, ids)]
+    callback._rows = {0: (np.zeros((1, num_classes, 3), np.uint8), ids, ids, "")}
     trainer = SimpleNamespace(
         sanity_checking=False,
         datamodule=datamodule,
@@ -132,8 +132,9 @@ def training_grid_colours(out_dir: Path, datamodule, num_classes: int) -> list[l
     module = SimpleNamespace(hparams=SimpleNamespace(num_classes=num_classes))
     callback.on_validation_epoch_end(trainer, module)
     grid = np.asarray(Image.open(out_dir / "predictions" / "latest.png").convert("RGB"))
-    gap = 4  # prediction_grid's: image | gap | truth | gap | prediction
-    return grid[0, num_classes + gap : 2 * num_classes + gap].tolist()
+    x, y, w, _ = callback.cells[0][1]  # row 0, the ground-truth picture (enlarged)
+    step = w // num_classes
+    return grid[y, x + step // 2 : x + w : step][:num_classes].tolist()
 
 
 def test_training_grid_and_predict_share_the_voc_palette(tmp_path, lightning_ckpt):

@@ -23,7 +23,7 @@ from segformer.data.folder import FolderDataModule
 from segformer.eval import evaluate
 from segformer.inference import segment
 from segformer.models import SegFormer
-from segformer.models.segformer import pad_small
+from segformer.models.network import pad_small
 from segformer.module import SegFormerModule
 from segformer.predict import predict
 from segformer.train import train
@@ -391,7 +391,10 @@ def test_resume_with_another_class_count_is_one_line(tmp_path, trained) -> None:
     ("override", "expected"),
     [
         ("model.variant=b1", "variant=b0 in the checkpoint but b1 in the config"),
-        ("model.decoder_dim=128", "decoder_dim=256 in the checkpoint but 128 in the config"),
+        (
+            "model.decoder.decoder_dim=128",
+            "decoder_dim=256 in the checkpoint but 128 in the config",
+        ),
     ],
 )
 def test_resume_with_another_network_names_both_values(tmp_path, trained, override, expected):
@@ -438,17 +441,20 @@ def test_classes_json_is_written_before_skipping(tmp_path, weights) -> None:
     assert [c["id"] for c in legend] == [0, 1, 2]
 
 
-def test_only_our_own_errors_lose_their_traceback(tmp_path: Path) -> None:
-    """user_error_message: an OSError / ValueError the project raised (here read_image's, also
-    as a DataLoader worker or spawned process prints it) is a user error; the same types from
-    elsewhere (a library, a bug) keep their traceback (None)."""
+def test_user_errors_are_told_by_type_not_by_place(tmp_path: Path) -> None:
+    """user_error_message: an error of a ``segformer.errors`` type (here read_image's, also as a
+    DataLoader worker or spawned process prints it) is a user error; built-in errors keep their
+    traceback (None) wherever they were raised: in a library, in Python, or in a file inside the
+    package (where a researcher's own code may live)."""
+    from segformer.cli import user_error_message
     from segformer.data.reading import read_image
-    from segformer.utils import user_error_message
+    from segformer.errors import UnreadableFileError
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    with pytest.raises(OSError) as ours:
+    with pytest.raises(UnreadableFileError) as ours:
         read_image(bad)
+    assert isinstance(ours.value, OSError)  # still caught by `except OSError`
     assert user_error_message(ours.value) == str(ours.value) and str(bad) in str(ours.value)
     with pytest.raises(OSError) as theirs:
         open(tmp_path / "missing")  # noqa: SIM115 - raised by Python itself, not by us
@@ -456,13 +462,20 @@ def test_only_our_own_errors_lose_their_traceback(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as numpy_error:
         np.zeros(2).reshape(3)
     assert user_error_message(numpy_error.value) is None
-    reading = Path(sys.modules["segformer.data.reading"].__file__)
+    # a ValueError raised by code in the package's own folder is a bug too: traceback kept
+    package_code = Path(sys.modules["segformer.data.reading"].__file__)
+    namespace: dict = {}
+    exec(compile("def f():\n    raise ValueError('bug')\n", str(package_code), "exec"), namespace)
+    with pytest.raises(ValueError) as bug:
+        namespace["f"]()
+    assert user_error_message(bug.value) is None
     worker = (
-        "Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-        'last):\n  File "/x/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
-        f'    data = fetcher.fetch(index)\n  File "{reading}", line 39, in read_image\n'
-        "    raise OSError(\n    ^^^^^\nOSError: image a.png is corrupt\nsecond line\n"
+        "Caught UnreadableFileError in DataLoader worker process 0.\nOriginal Traceback (most "
+        'recent call last):\n  File "/x/torch/utils/data/_utils/worker.py", line 349, in '
+        f'_worker_loop\n    data = fetcher.fetch(index)\n  File "{package_code}", line 39, in '
+        "read_image\n    raise UnreadableFileError(\n    ^^^^^\nsegformer.errors."
+        "UnreadableFileError: image a.png is corrupt\nsecond line\n"
     )
-    assert user_error_message(OSError(worker)) == "image a.png is corrupt\nsecond line"
-    library = worker.replace(str(reading), "/x/site-packages/PIL/Image.py")
+    assert user_error_message(UnreadableFileError(worker)) == "image a.png is corrupt\nsecond line"
+    library = worker.replace("segformer.errors.UnreadableFileError:", "OSError:")
     assert user_error_message(OSError(library)) is None

@@ -16,6 +16,7 @@ import torch
 from helpers import TINY, compose_train, with_callback
 
 from segformer.data import SyntheticDataModule
+from segformer.models import segformer_net
 from segformer.module import SegFormerModule
 from segformer.train import train
 
@@ -153,7 +154,8 @@ def test_two_process_validation_counts_every_sample_once(tmp_path: Path) -> None
     confmats = []
     for i, (devices, strategy) in enumerate([(1, "auto"), (2, "ddp_spawn")]):
         torch.manual_seed(0)  # the same weights, in a fresh module each time
-        module = SegFormerModule(num_classes=6, dropout=0.0, drop_path_rate=0.0)
+        net = segformer_net("b0", drop_path_rate=0.0, dropout=0.0)
+        module = SegFormerModule(num_classes=6, net=net)
         dm = SyntheticDataModule(num_val=5, image_size=32, val_batch_size=2, num_workers=0)
         path = tmp_path / f"confmat{i}.pt"
         trainer = L.Trainer(

@@ -53,7 +53,7 @@ def test_fit_and_validate_two_steps(tmp_path: Path) -> None:
     assert "IoU" in (run / "val_per_class.txt").read_text()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # no pickled code
     assert ckpt["global_step"] == 2
-    assert ckpt["hyper_parameters"]["variant"] == "b0"
+    assert ckpt["hyper_parameters"]["net"]["encoder"]["variant"] == "b0"  # the recorded network
 
 
 @pytest.mark.slow
@@ -162,22 +162,26 @@ def test_progress_bar_counts_steps_not_epochs() -> None:
 
 
 # the hyper-parameter names SegFormerModule wrote before 0.2 (encoder/decoder config groups)
-OLD_NAMES = {"ln_eps_preset": "ln_eps"}
-
-
 @pytest.mark.slow
 def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path: Path) -> None:
-    """Checkpoints from before the config-tree change (``ln_eps`` hyper-parameter, no
-    ``pretrained``, no stored best score) load in from_pretrained, segformer-eval and a resume."""
+    """Checkpoints of earlier versions load in from_pretrained, segformer-eval and a resume:
+    the network as flat hyper-parameters (variant, decoder_dim, ... before the encoder /
+    decoder specs), ``ln_eps`` (before its rename), no ``pretrained``, no stored best score."""
     from segformer.eval import evaluate
     from segformer.models import SegFormer
 
-    cfg = compose_train(tmp_path, ["model.ln_eps_preset=hf"])
+    cfg = compose_train(tmp_path, ["model.encoder.ln_eps_preset=hf"])
     train_mod.train(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = ckpt["hyper_parameters"]
-    for new, old in OLD_NAMES.items():
-        hparams[old] = hparams.pop(new)
+    net = hparams.pop("net")
+    hparams.update(
+        variant=net["encoder"]["variant"],
+        decoder_dim=None,
+        drop_path_rate=net["encoder"]["drop_path_rate"],
+        dropout=net["decoder"]["dropout"],
+        ln_eps=net["encoder"]["ln_eps_preset"],
+    )
     del hparams["pretrained"], ckpt["best_miou"]
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
@@ -188,7 +192,7 @@ def test_a_checkpoint_written_before_the_rename_still_loads(tmp_path: Path) -> N
     metrics = evaluate(compose_config("eval", [f"ckpt_path={old}", *data], tmp_path))
     assert 0.0 <= metrics["mIoU"] <= 1.0
     resumed = compose_train(
-        tmp_path, ["model.ln_eps_preset=hf", f"ckpt_path={old}", "trainer.max_steps=3"]
+        tmp_path, ["model.encoder.ln_eps_preset=hf", f"ckpt_path={old}", "trainer.max_steps=3"]
     )
     assert torch.isfinite(torch.tensor(train_mod.train(resumed)["train/loss"]))
 
@@ -231,3 +235,32 @@ def test_ema_validates_the_average_and_resumes_exactly(
     for part in ("state_dict", "current_model_state"):
         for key, value in whole[part].items():
             torch.testing.assert_close(split[part][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_plateau_schedule_steps_after_each_validation_and_resumes(tmp_path: Path) -> None:
+    """scheduler=plateau: ReduceLROnPlateau stepped after every validation with val/mIoU; with
+    an improvement threshold no run can meet, every validation after the first cuts the lr, so
+    after k validations lr = base x factor^(k-1); a resumed run keeps counting (its state is in
+    the checkpoint), where a fresh scheduler would take the next validation as its best."""
+    plateau = [
+        "scheduler=plateau",
+        "scheduler.patience=0",
+        "+scheduler.threshold=1.0",
+        "+scheduler.threshold_mode=abs",
+        "trainer.val_check_interval=2",
+    ]
+    cfg = compose_train(tmp_path, [*plateau, "trainer.max_steps=6"])
+    train_mod.train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    base = cfg.optimizer.lr
+
+    def lrs() -> list[float]:
+        ckpt = torch.load(last, weights_only=True)
+        return [g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]]
+
+    head_mult = cfg.model.head_lr_mult
+    assert (min(lrs()), max(lrs())) == pytest.approx((base * 0.25, base * head_mult * 0.25))
+    resumed = compose_train(tmp_path, [*plateau, "trainer.max_steps=8", "ckpt_path=last"])
+    train_mod.train(resumed)
+    assert max(lrs()) == pytest.approx(base * head_mult * 0.125)

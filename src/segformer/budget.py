@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from segformer.errors import InputError
 from segformer.inference import InferenceConfig, predict_classes
 
 PER_VALIDATION_OVERHEAD_S = 1.0  # prediction grid, learning curve, per-class table
@@ -186,7 +187,7 @@ def plan_budget(
         steps = min(steps, max_steps)
     interval = steps // validations
     if interval < 1:
-        raise ValueError(
+        raise InputError(
             f"budget.minutes={minutes:g} leaves {max(left, 0.0):.0f} s for training after start-up "
             f"({elapsed:.0f} s) and {validations} validations ({per_validation:.1f} s each): "
             f"fewer steps than validations at {step_seconds:.2f} s a step. Raise budget.minutes "

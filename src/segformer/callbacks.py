@@ -21,21 +21,81 @@ from PIL import Image
 
 from segformer.budget import EXIT_SECONDS
 from segformer.data.labels import default_palette
-from segformer.visualize import colorize, denormalize, overlay, prediction_grid
+from segformer.visualize import (
+    denormalize,
+    prediction_figure,
+    resize_image,
+    resize_nearest,
+    spread_samples,
+)
 
 
 class PredictionGrid(L.Callback):
-    """After each validation, save image | ground truth | prediction for the first ``num_images``
-    validation images (the same ones every time) to ``<run>/predictions/``, and send the grid and
-    overlays to TensorBoard / wandb when those loggers are active."""
+    """After each validation, a picture of ``num_images`` validation samples, the same ones at
+    every validation: spread over the split (evenly over the sorted file list, one per group
+    first when the data has groups, ``data.group`` / ``group_file``), in columns image | ground
+    truth | prediction | errors (wrong pixels red, ignore pixels hatched), each row captioned
+    with its file, group and share of wrong pixels, and a legend of the class colours and names
+    (the classes in the shown samples when there are more than ``legend_max``). Saved to
+    ``<run>/predictions/latest.png`` and ``val_step<step>.png``; sent to TensorBoard
+    (``val/predictions``) and wandb (``val/predictions``, and ``val/samples``: the images with
+    ground truth and prediction masks) when those loggers are active. The samples are taken
+    from the validation batches as they pass (no extra pass over the split); with
+    ``limit_val_batches`` they are chosen among the samples validated."""
 
-    def __init__(self, num_images: int = 6, max_side: int = 256) -> None:
+    def __init__(self, num_images: int = 6, max_side: int = 256, legend_max: int = 12) -> None:
         self.num_images = num_images
         self.max_side = max_side
-        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.legend_max = legend_max
+        self.chosen: dict[int, str] = {}  # loader position -> caption (file and group)
+        self._key: tuple | None = None  # what the choice was made for
+        self._seen = 0
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, str]] = {}
+        self.cells: list[list[tuple[int, int, int, int]]] = []  # the last picture's layout
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._rows = []
+        self._rows, self._seen = {}, 0
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._choose(trainer)
+
+    def _choose(self, trainer: L.Trainer) -> None:
+        """The positions in the loader's order of the samples to show (kept while the loader's
+        dataset and length stay the same)."""
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:
+            self.chosen = {}
+            return
+        sampler = getattr(loader, "sampler", None)
+        try:
+            order = list(sampler) if sampler is not None else list(range(len(dataset)))
+        except TypeError:  # an iterable dataset: the first samples
+            order = list(range(self.num_images))
+        batches = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+        batch_size = getattr(loader, "batch_size", None) or 1
+        if batches != float("inf"):
+            order = order[: int(batches) * batch_size]  # limit_val_batches
+        key = (id(dataset), len(order))
+        if key == self._key:
+            return
+        files = getattr(dataset, "samples", None)
+        groups = None
+        datamodule = getattr(trainer, "datamodule", None)
+        if files is not None:
+            keys = [str(files[i][0]) for i in order]
+            if getattr(datamodule, "group", None) or getattr(datamodule, "group_file", None):
+                groups = datamodule.groups([files[i] for i in order])
+        else:
+            keys = list(order)
+        picked = spread_samples(keys, self.num_images, groups)
+        self.chosen = {}
+        for p in picked:
+            caption = Path(files[order[p]][0]).name if files is not None else ""
+            if groups is not None:
+                caption += f" (group {groups[p]})"
+            self.chosen[p] = caption
+        self._key = key
 
     def on_validation_batch_end(
         self,
@@ -46,25 +106,38 @@ class PredictionGrid(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if (
-            trainer.sanity_checking
-            or not trainer.is_global_zero
-            or not isinstance(outputs, torch.Tensor)
+        if trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx != 0:
+            return
+        start = self._seen
+        self._seen += len(batch["mask"])
+        if not isinstance(outputs, torch.Tensor) or not any(
+            start <= p < self._seen for p in self.chosen
         ):
             return
         # the data's normalisation (bands, bit depth), to show what the network saw
         image_format = getattr(trainer.datamodule, "image_format", None)
         mean, std = image_format.mean_std() if image_format is not None else (None, None)
-        for image, mask, pred in zip(batch["image"], batch["mask"], outputs, strict=False):
-            if len(self._rows) >= self.num_images:
-                return
-            stride = max(1, max(mask.shape) // self.max_side)  # keep the picture small
-            self._rows.append(
-                (
-                    denormalize(image[:, ::stride, ::stride], mean, std),
-                    mask[::stride, ::stride].cpu().numpy(),
-                    pred[::stride, ::stride].cpu().numpy(),
-                )
+        ignore_index = _ignore_index(trainer, pl_module)
+        for i in range(len(batch["mask"])):
+            if start + i not in self.chosen:
+                continue
+            image, mask, pred = batch["image"][i], batch["mask"][i], outputs[i]
+            if "image_size" in batch:  # mixed sizes, padded (data/collate.py)
+                (h, w), (mh, mw) = batch["image_size"][i].tolist(), batch["mask_size"][i].tolist()
+                image, mask, pred = image[:, :h, :w], mask[:mh, :mw], pred[:mh, :mw]
+            mask, pred = mask.cpu().numpy(), pred.cpu().numpy()
+            valid = mask != ignore_index
+            wrong = float(((pred != mask) & valid).sum() / max(1, valid.sum()))
+            h, w = mask.shape
+            scale = min(1.0, self.max_side / max(h, w))  # keep the picture small
+            h, w = max(1, round(h * scale)), max(1, round(w * scale))
+            names = batch.get("name")
+            caption = self.chosen[start + i] or (str(names[i]) if names is not None else "")
+            self._rows[start + i] = (
+                resize_image(denormalize(image, mean, std), h, w),
+                resize_nearest(mask, h, w),
+                resize_nearest(pred, h, w),
+                f"{caption}: {100 * wrong:.1f}% of pixels wrong",
             )
 
     @rank_zero_only
@@ -73,23 +146,66 @@ class PredictionGrid(L.Callback):
             return
         datamodule = trainer.datamodule
         palette = getattr(datamodule, "palette", None)
+        num_classes = pl_module.hparams.num_classes
         if palette is None:
-            palette = default_palette(pl_module.hparams.num_classes)
-        images, masks, preds = zip(*self._rows, strict=True)
-        grid = prediction_grid(images, masks, preds, np.asarray(palette, np.uint8))
+            palette = default_palette(num_classes)
+        palette = np.asarray(palette, np.uint8)
+        names = getattr(pl_module, "class_names", None) or getattr(datamodule, "class_names", None)
+        names = list(names or [str(k) for k in range(num_classes)])
+        ignore_index = _ignore_index(trainer, pl_module)
+        rows = [self._rows[p] for p in sorted(self._rows)]
+        images, masks, preds, captions = (list(x) for x in zip(*rows, strict=True))
+        picture, self.cells = prediction_figure(
+            images,
+            masks,
+            preds,
+            palette,
+            names,
+            ignore_index,
+            captions,
+            title=f"validation at step {trainer.global_step}",
+            legend_max=self.legend_max,
+        )
         out_dir = Path(trainer.default_root_dir) / "predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(out_dir / f"val_step{trainer.global_step:06d}.png")
-        Image.fromarray(grid).save(out_dir / "latest.png")
-        overlays = [overlay(i, colorize(p, palette)) for i, p in zip(images, preds, strict=True)]
+        Image.fromarray(picture).save(out_dir / f"val_step{trainer.global_step:06d}.png")
+        Image.fromarray(picture).save(out_dir / "latest.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(
-                    "val/predictions", grid, trainer.global_step, dataformats="HWC"
+                    "val/predictions", picture, trainer.global_step, dataformats="HWC"
                 )
             elif isinstance(logger, WandbLogger):
-                logger.log_image("val/predictions", [grid], step=trainer.global_step)
-                logger.log_image("val/overlays", list(overlays), step=trainer.global_step)
+                labels = {k: name for k, name in enumerate(names)}
+                labels[ignore_index] = "ignore"
+                masks_arg = [
+                    {
+                        "predictions": {"mask_data": _mask_data(p), "class_labels": labels},
+                        "ground_truth": {"mask_data": _mask_data(m), "class_labels": labels},
+                    }
+                    for m, p in zip(masks, preds, strict=True)
+                ]
+                logger.log_image("val/predictions", [picture], step=trainer.global_step)
+                logger.log_image(
+                    "val/samples",
+                    images,
+                    step=trainer.global_step,
+                    masks=masks_arg,
+                    caption=captions,
+                )
+
+
+def _ignore_index(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    hparams = getattr(pl_module, "hparams", None)
+    value = getattr(hparams, "ignore_index", None)
+    if value is None:
+        value = getattr(getattr(trainer, "datamodule", None), "ignore_index", 255)
+    return int(value)
+
+
+def _mask_data(mask: np.ndarray) -> np.ndarray:
+    """Class ids as wandb wants mask data: 2-D integers (uint8 when they fit)."""
+    return mask.astype(np.uint8) if mask.max(initial=0) < 256 and mask.min(initial=0) >= 0 else mask
 
 
 class LearningCurve(L.Callback):

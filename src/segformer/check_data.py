@@ -6,7 +6,10 @@
 
 Lists every unreadable, truncated, unpaired or mismatched file and every mask value outside
 [0, num_classes) that is not the ignore index, then per split the image sizes, the pixels per
-class and median-frequency class weights (a `model.class_weights=[...]` line to paste). A bad file
+class and class weights of each rule (median frequency, its square root, ENet), the line
+`segformer-train model.class_weights=auto` prints for the rule of `class_weights`, and a
+`model.class_weights=[...]` line to paste; a clean split's counts are kept where
+`class_weights=auto` finds them (data/class_weights.py). A bad file
 is skipped (the summary counts the others) and listed again at the end; exit status 1 when any
 problem was found (strict=false: 0). With data.group (or data.group_file) it also lists each
 split's groups and the groups found in more than one split (grouped validation, see
@@ -20,12 +23,14 @@ from collections import Counter
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.text import Text
 
+from segformer.cli import hydra_cli
 from segformer.data.check import check_split, print_report
-from segformer.utils import hydra_cli, register_resolvers
+from segformer.data.class_weights import WeightRule, counts_key, parse_rule, store_counts
+from segformer.resolvers import register_resolvers
 
 register_resolvers()
 
@@ -36,9 +41,17 @@ def check_data(cfg: DictConfig) -> int:
     console = Console(record=True)
     bad: set[Path] = set()
     groups: dict[str, Counter] = {}
+    setting = cfg.get("class_weights", "auto")
+    setting = OmegaConf.to_container(setting) if isinstance(setting, DictConfig) else setting
+    rule = parse_rule(setting) or WeightRule("median_frequency")
     for split in cfg.splits or [cfg.split]:
         report = check_split(datamodule, split, cfg.num_workers)
-        print_report(report, console)
+        print_report(report, console, rule)
+        if report.masks and not report.problems:  # every mask read: what auto would count
+            key = counts_key(datamodule, split)
+            kept = store_counts(datamodule.root, key, report.class_counts())
+            if kept is not None:
+                console.print(Text(f"{split}: class pixel counts kept in {kept}"), soft_wrap=True)
         bad |= report.bad_files
         if getattr(datamodule, "group", None) or getattr(datamodule, "group_file", None):
             groups[split] = Counter(datamodule.groups(datamodule.samples(split)))

@@ -1,19 +1,124 @@
-"""Checkpoint writes that a kill cannot corrupt."""
+"""Checkpoint (and other output) writes that a kill or a failing disk cannot corrupt: written to
+a temporary file beside the target and renamed over it, so the previous version stays whole; a
+failed write (no space left, quota, permission, file-size limit) removes the temporary file and
+raises one ``UnwritableFileError`` naming the file, the cause and what was kept."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from segformer.errors import UnwritableFileError
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded (ulimit -f, or the largest file the filesystem holds)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+def write_cause(err: OSError) -> str:
+    """An OSError of a write in words: ``no space left on the device (errno 28 ENOSPC)``."""
+    code = err.errno
+    if code is None:
+        return str(err)
+    words = _CAUSES.get(code) or err.strerror or os.strerror(code)
+    return f"{words} (errno {code} {errno.errorcode.get(code, '?')})"
+
+
+def write_failed(
+    path: str | os.PathLike, err: OSError, what: str = "", kept: str | None = None
+) -> UnwritableFileError:
+    """The one-line error of a failed write of ``path``; ``kept`` says what survived (default:
+    the previous version of the file, or that there was none)."""
+    path = Path(path)
+    if kept is None:
+        kept = (
+            f"the previous {path.name} is intact"
+            if path.is_file()
+            else f"no earlier {path.name} was there"
+        )
+    error = UnwritableFileError(
+        f"could not write {what + ' ' if what else ''}{path}: {write_cause(err)}; {kept} "
+        "(no partial file left)"
+    )
+    error.errno = err.errno
+    return error
+
+
+def _tmp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write the output to (for writers that take a file
+    name, e.g. ONNX export); renamed over ``path`` when the block ends without an error. An
+    OSError in the block or the rename becomes ``write_failed``'s one line; whatever was
+    written is removed, and the previous ``path`` stays as it was."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            if isinstance(err, UnwritableFileError):
+                raise
+            raise write_failed(path, err, what) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(
+    path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], Any], what: str = ""
+) -> None:
+    """Write ``data`` (text as UTF-8, bytes, or a function writing into a binary file) to
+    ``path`` all or nothing: see ``atomic_output``. For metrics.json, run_plan.json, configs."""
+    with atomic_output(path, what) as tmp, open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+
+class _RecordingWriter:
+    """A binary file that remembers the first OSError of a write: torch.save reports one as
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...``."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file beside the target, fsync, then rename over it: a process killed
     while saving leaves the previous ``last.ckpt`` whole (a rename is atomic on POSIX and
-    Windows filesystems). Remote paths (``s3://``...) go through Lightning's writer."""
+    Windows filesystems). A write that fails (disk full, quota, permission, file-size limit)
+    removes the temporary file and raises ``UnwritableFileError`` naming the file and the cause.
+    Remote paths (``s3://``...) go through Lightning's writer."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
@@ -25,14 +130,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{type(self).__name__} takes no storage_options, got {storage_options}"
             )
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = _tmp_beside(path)
+        writer = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                writer = _RecordingWriter(f)
+                torch.save(checkpoint, writer)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            cause = err if isinstance(err, OSError) else writer and writer.error
+            if not isinstance(cause, OSError) and isinstance(err.__context__, OSError):
+                cause = err.__context__  # closing the file failed too
+            if not isinstance(cause, OSError) or isinstance(cause, UnwritableFileError):
+                raise
+            raise write_failed(path, cause, "checkpoint") from err
         finally:
             tmp.unlink(missing_ok=True)
         return None

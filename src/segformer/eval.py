@@ -23,66 +23,66 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from segformer.build import instantiate_dict
+from segformer.checkpoint_io import atomic_write
+from segformer.cli import hydra_cli, print_config
+from segformer.errors import InputError
 from segformer.metrics import SUMMARY, per_class_results, save_confusion_matrix_png
 from segformer.models import SegFormer
 from segformer.module import SegFormerModule
 from segformer.precision import cpu_class, resolve_precision
-from segformer.utils import (
-    hydra_cli,
-    instantiate_dict,
-    print_config,
-    register_resolvers,
-)
+from segformer.resolvers import register_resolvers
 
 register_resolvers()
 
 
-CHECKED = ("variant", "decoder_dim")  # model.* keys a command line may give: checked, not applied
+# model.* keys a command line may give: checked against the checkpoint, not applied
+CHECKED = {"model.variant": "variant", "model.decoder.decoder_dim": "decoder_dim"}
 
 
 def network_checks(cfg: DictConfig) -> dict[str, Any]:
-    """The network comes from the checkpoint. ``model.variant`` / ``model.decoder_dim`` given on
-    the command line become checks against it; any other ``model.*`` override (a training
-    setting) is refused, not silently ignored. An experiment's model settings are not used."""
+    """The network comes from the checkpoint. ``model.variant`` / ``model.decoder.decoder_dim``
+    given on the command line become checks against it; any other ``model.*`` override (a
+    training setting) is refused, not silently ignored. An experiment's model settings are not
+    used."""
     if not HydraConfig.initialized():
         return {}
     given = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
     keys = [o.partition("=")[0] for o in given if o.startswith("model")]
-    unusable = [k for k in keys if k.removeprefix("model.") not in CHECKED]
+    unusable = [k for k in keys if k not in CHECKED]
     if unusable:
-        raise ValueError(
+        raise InputError(
             f"segformer-eval takes the network from ckpt_path; {', '.join(unusable)} cannot "
-            f"change it (only {', '.join(f'model.{k}' for k in CHECKED)} are checked against it)"
+            f"change it (only {', '.join(CHECKED)} are checked against it)"
         )
-    return {k.removeprefix("model."): cfg.model[k.removeprefix("model.")] for k in keys}
+    return {CHECKED[k]: OmegaConf.select(cfg, k) for k in keys}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     checks = network_checks(cfg)
     if cfg.split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
+        raise InputError(f"split must be 'val' or 'test', got {cfg.split!r}")
     output_dir = Path(cfg.paths.output_dir)
     print_config(cfg, save_to=output_dir, show=cfg.get("print_config", False))
     datamodule = instantiate(cfg.data)
     net = SegFormer.from_pretrained(cfg.ckpt_path, **checks)
     if net.num_classes != datamodule.num_classes:
-        raise ValueError(
+        raise InputError(
             f"{cfg.ckpt_path}: the checkpoint predicts {net.num_classes} classes but data "
             f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
         )
     if net.in_channels != datamodule.in_channels:
-        raise ValueError(
+        raise InputError(
             f"{cfg.ckpt_path}: the checkpoint takes {net.in_channels} input channels but data "
             f"'{type(datamodule).__name__}' reads {datamodule.in_channels} (data.in_channels)"
         )
     module = SegFormerModule(
         num_classes=net.num_classes,
-        variant=net.variant,
+        net=net,
         in_channels=net.in_channels,
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
-        model=net,
     )
     precision, reason = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
     print(f"precision {precision}: {reason}")
@@ -134,7 +134,7 @@ class WriteReport(Callback):
             **{k: float(results[k]) for k in SUMMARY},
             "per_class": per_class_results(results, module.class_names),
         }
-        (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        atomic_write(self.output_dir / "metrics.json", json.dumps(report, indent=2), "metrics")
         save_confusion_matrix_png(
             results["confmat"], module.class_names, self.output_dir / "confusion_matrix.png"
         )

@@ -26,10 +26,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from segformer.checkpoint_io import atomic_output
+from segformer.cli import hydra_cli, print_config
 from segformer.data.channels import ImageFormat
+from segformer.errors import InputError
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names, checkpoint_input_format
-from segformer.utils import hydra_cli, print_config, register_resolvers
+from segformer.resolvers import register_resolvers
 
 register_resolvers()
 
@@ -125,12 +128,12 @@ def check_onnx(
 def export(cfg: DictConfig) -> list[float]:
     """Export ``cfg.ckpt_path`` to ``cfg.output`` and check it; returns the max abs differences."""
     if cfg.get("ckpt_path") is None:
-        raise ValueError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
+        raise InputError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
     fmt = cfg.get("format", "onnx")
     if fmt == "transformers":
         return export_transformers_folder(cfg)
     if fmt != "onnx":
-        raise ValueError(f"format={fmt!r}; expected 'onnx' or 'transformers'")
+        raise InputError(f"format={fmt!r}; expected 'onnx' or 'transformers'")
     print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
     ckpt_path, output = Path(cfg.ckpt_path).expanduser(), Path(cfg.output).expanduser()
     model = SegFormer.from_pretrained(ckpt_path)
@@ -140,7 +143,8 @@ def export(cfg: DictConfig) -> list[float]:
     mean, std = image_format.mean_std()  # stored units: on [0, 1] after / max_value
     scale = image_format.max_value
     metadata = {
-        "variant": model.variant,
+        "network": f"{type(model.encoder).__name__} + {type(model.head).__name__}",
+        **({"variant": model.variant} if model.variant else {}),
         "num_classes": str(model.num_classes),
         "class_names": json.dumps(names),
         "in_channels": str(model.in_channels),
@@ -148,9 +152,11 @@ def export(cfg: DictConfig) -> list[float]:
         "mean": json.dumps((mean / scale).round(6).tolist()),  # on values / max_value
         "std": json.dumps((std / scale).round(6).tolist()),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
     size = (cfg.height, cfg.width)
-    export_onnx(model, output, size, cfg.opset, cfg.classes, metadata)
+    # written beside and renamed: a failed write (disk full, size limit) leaves no partial file
+    # and the previous model as it was, and says so in one line
+    with atomic_output(output, "ONNX model") as tmp:
+        export_onnx(model, tmp, size, cfg.opset, cfg.classes, metadata)
     shapes = [(1, model.in_channels, *size), (2, model.in_channels, *cfg.check_size)]
     diffs = check_onnx(model, output, shapes, cfg.atol)
     what = "top-logit gap / 2" if cfg.classes else "max abs diff"
@@ -191,13 +197,19 @@ def export_transformers_folder(cfg: DictConfig) -> list[float]:
     is installed; returns the max abs logit differences (empty when not checked)."""
     output = Path(cfg.output).expanduser()
     if output.suffix == ".onnx" or output.is_file():
-        raise ValueError(
+        raise InputError(
             f"format=transformers writes a folder (config.json + model.safetensors): set "
             f"output=DIR (got output={cfg.output})"
         )
     print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
     ckpt_path = cfg.ckpt_path
     model = SegFormer.from_pretrained(ckpt_path)
+    if not isinstance(model, SegFormer):
+        raise InputError(
+            f"{ckpt_path}: format=transformers holds the paper's network (MiT encoder + all-MLP "
+            f"head); this checkpoint's is {type(model.encoder).__name__} + "
+            f"{type(model.head).__name__} (format=onnx exports any network)"
+        )
     model.save_pretrained_transformers(output, checkpoint_class_names(ckpt_path))
     shapes = [(1, 3, cfg.height, cfg.width), (2, 3, *cfg.check_size)]
     try:

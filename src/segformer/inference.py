@@ -19,12 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from segformer.data.transforms import normalize
+from segformer.errors import InputError
 from segformer.models.upsample import resize_bilinear, upsample_argmax
 from segformer.sizes import pair
 
 Size = tuple[int, int]
 # short side (int), or (long, short) edge limits with the aspect ratio kept, as mmseg's Resize
 Scale = int | tuple[int, int]
+# sliding windows per forward: a batch of 4 512x512 crops keeps B0-B5 in a few GB
+WINDOW_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,11 @@ class InferenceConfig:
     stride: Size = (768, 768)
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    window_batch: int = 8
+    window_batch: int = WINDOW_BATCH
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
-            raise ValueError(f"InferenceConfig.mode={self.mode!r}; expected 'whole' or 'slide'")
+            raise InputError(f"InferenceConfig.mode={self.mode!r}; expected 'whole' or 'slide'")
         # Hydra hands over lists (ListConfig); store tuples so configs compare and hash
         if self.scale is not None and not isinstance(self.scale, int):
             object.__setattr__(self, "scale", pair(self.scale, "InferenceConfig.scale"))
@@ -60,34 +63,17 @@ class InferenceConfig:
         object.__setattr__(self, "stride", pair(self.stride, "InferenceConfig.stride"))
         object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
         if any(s > c for s, c in zip(self.stride, self.crop, strict=True)):
-            raise ValueError(
+            raise InputError(
                 f"InferenceConfig.stride={self.stride} exceeds crop={self.crop}: windows would "
                 "leave pixels uncovered"
             )
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"InferenceConfig.scales={self.scales}; expected positive ratios")
+            raise InputError(f"InferenceConfig.scales={self.scales}; expected positive ratios")
         if self.window_batch < 1:
-            raise ValueError(f"InferenceConfig.window_batch={self.window_batch}; expected >= 1")
+            raise InputError(f"InferenceConfig.window_batch={self.window_batch}; expected >= 1")
 
 
 # The paper's test settings (official configs and tools/test.py --aug-test).
-ADE20K_SS = InferenceConfig(mode="whole", scale=(2048, 512), align=32)
-ADE20K_MS = InferenceConfig(
-    mode="whole", scale=(2048, 512), align=32, scales=(0.75, 0.875, 1.0, 1.125, 1.25), flip=True
-)
-CITYSCAPES_SS = InferenceConfig(
-    mode="slide", scale=(2048, 1024), crop=(1024, 1024), stride=(768, 768)
-)
-CITYSCAPES_MS = InferenceConfig(
-    mode="slide",
-    scale=(2048, 1024),
-    crop=(1024, 1024),
-    stride=(768, 768),
-    scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
-    flip=True,
-)
-
-
 def resized_shape(size: Size, scale: Scale | None, align: int | None, ratio: float = 1.0) -> Size:
     """(H, W) an image of ``size`` is resized to: mmcv keep-ratio rescale, then AlignedResize."""
     h, w = size
@@ -107,15 +93,6 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
     return resize_bilinear(model(x), x.shape[-2:])  # (B, K, H, W) at the input size
 
 
-def whole_inference(
-    model: nn.Module, images: Tensor, scale: Scale | None = None, align: int | None = None
-) -> Tensor:
-    """Resize (B, C, H, W) by ``scale``/``align``, one forward, logits back at (B, K, H, W)."""
-    size = images.shape[-2:]
-    x = resize_bilinear(images, resized_shape(size, scale, align))
-    return resize_bilinear(_forward(model, x), size)
-
-
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
     # official slide_inference grid (crop <= size); the last window ends at the border
     n = max(size - crop + stride - 1, 0) // stride + 1
@@ -123,7 +100,7 @@ def _window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 
 def sliding_window_inference(
-    model: nn.Module, images: Tensor, crop: Size, stride: Size, window_batch: int = 8
+    model: nn.Module, images: Tensor, crop: Size, stride: Size, window_batch: int = WINDOW_BATCH
 ) -> Tensor:
     """Logits (B, K, H, W) averaged over crop windows; ``window_batch`` windows per forward.
 

@@ -22,7 +22,8 @@ batch has no valid pixel.
   OhemCrossEntropy; mmseg divides the kept pixels' sum by all pixels instead.
 
 ``build_loss([{name: ce, weight: 1.0}, {name: dice, weight: 0.5, smooth: 1.0}])`` returns a
-``SegLoss`` summing the weighted terms; extra keys are the loss's keyword arguments.
+``SegLoss`` summing the weighted terms; extra keys are the loss's keyword arguments. A term may
+also be a user's loss by ``_target_`` (see ``build_loss``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segformer.errors import InputError
 from segformer.models.upsample import resize_bilinear, upsample_cross_entropy
 from segformer.models.valid_pixels import valid_mean
 
@@ -176,12 +178,19 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 
 @dataclass
 class LossTerm:
+    """One weighted term: a built-in loss by ``name``, or ``fn`` built from a ``_target_``."""
+
     name: str
     weight: float
     kwargs: dict[str, Any] = field(default_factory=dict)
+    fn: Callable[..., Tensor] | None = None
 
     def __call__(self, logits: Tensor, target: Tensor, ignore_index: int, cw: Tensor | None):
-        return LOSSES[self.name](logits, target, ignore_index, cw, **self.kwargs)
+        if self.fn is None:
+            return LOSSES[self.name](logits, target, ignore_index, cw, **self.kwargs)
+        if not (target != ignore_index).any():  # the zero-valid-pixel rule, for any loss
+            return _zero(logits)
+        return self.fn(logits, target, ignore_index, cw)
 
 
 class SegLoss:
@@ -189,7 +198,7 @@ class SegLoss:
 
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         if not terms:
-            raise ValueError("model.loss is an empty list; give at least one {name, weight}")
+            raise InputError("model.loss is an empty list; give at least one {name, weight}")
         self.terms = list(terms)
         self.last: dict[str, Tensor] = {}
 
@@ -211,30 +220,44 @@ class SegLoss:
 
 
 def build_loss(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str) -> SegLoss:
-    """``SegLoss`` from config: a name ("dice"), one {name, weight, ...} or a list of them."""
+    """``SegLoss`` from config: a name ("dice"), one {name, weight, ...} or a list of them.
+
+    A term may instead be any ``_target_`` (a class or function, with its arguments beside
+    ``weight`` and an optional ``name``), built once, then called as
+    ``loss(logits (B, K, h, w) fp32, target (B, H, W), ignore_index, class_weight (K,) | None)``
+    -> a scalar; a batch without a valid pixel gives 0 without calling it."""
+    from segformer.models.network import instantiate
+
     if isinstance(spec, str):
         spec = [{"name": spec}]
     elif isinstance(spec, Mapping):
         spec = [spec]
     terms = []
-    for entry in spec:
+    for i, entry in enumerate(spec):
         entry = dict(entry)
+        weight = float(entry.pop("weight", 1.0))
+        if "_target_" in entry:
+            name = entry.pop("name", None) or str(entry["_target_"]).rsplit(".", 1)[-1]
+            fn = instantiate(entry, f"model.loss[{i}]")
+            if not callable(fn):
+                raise InputError(f"model.loss[{i}]: {entry['_target_']} built a non-callable")
+            terms.append(LossTerm(name, weight, fn=fn))
+            continue
         name = entry.pop("name", None)
         if name not in LOSSES:
-            raise ValueError(
+            raise InputError(
                 f"model.loss entry {dict(entry, name=name)}: name must be one of "
-                f"{', '.join(LOSSES)}"
+                f"{', '.join(LOSSES)}, or give a _target_"
             )
-        weight = float(entry.pop("weight", 1.0))
         allowed = list(inspect.signature(LOSSES[name]).parameters)[4:]
         unknown = sorted(set(entry) - set(allowed))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"model.loss {name}: unknown option(s) {unknown}; it takes weight"
                 + "".join(f", {a}" for a in allowed)
             )
         terms.append(LossTerm(name, weight, entry))
     names = [t.name for t in terms]
     if len(set(names)) != len(names):
-        raise ValueError(f"model.loss names {names}: each loss at most once")
+        raise InputError(f"model.loss names {names}: each loss at most once (or name them)")
     return SegLoss(terms)

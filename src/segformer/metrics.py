@@ -13,6 +13,8 @@ from rich.table import Table
 from torch import Tensor
 from torchmetrics import Metric
 
+from segformer.errors import InputError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -52,7 +54,7 @@ class SegmentationMetrics(Metric):
         if preds.ndim == target.ndim + 1:
             preds = preds.argmax(1)
         if preds.shape != target.shape:
-            raise ValueError(
+            raise InputError(
                 f"preds shape {tuple(preds.shape)} does not match target shape "
                 f"{tuple(target.shape)}; expected (B, H, W) class maps or (B, K, H, W) logits"
             )
@@ -62,7 +64,7 @@ class SegmentationMetrics(Metric):
         for name, labels in (("target", target), ("preds", preds)):
             bad = labels[(labels < 0) | (labels >= k)]
             if bad.numel():
-                raise ValueError(
+                raise InputError(
                     f"{name} contains class {bad[0].item()}, outside [0, {k}) and not "
                     f"ignore_index={self.ignore_index}"
                 )
@@ -129,7 +131,7 @@ def metrics_table(
     "-" for NaN (absent classes), mean row and aAcc in the caption."""
     columns = [k for k in PER_CLASS if k in results]
     if len(class_names) != len(results["IoU"]):
-        raise ValueError(f"got {len(class_names)} class names for {len(results['IoU'])} classes")
+        raise InputError(f"got {len(class_names)} class names for {len(results['IoU'])} classes")
     table = Table(title=title, caption=f"aAcc {_percent(float(results['aAcc']))}")
     table.add_column("Class")
     for key in columns:

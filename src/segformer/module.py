@@ -4,95 +4,99 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
+from torch import nn
 
+from segformer.errors import InputError, NonFiniteLossError
 from segformer.inference import InferenceConfig, predict_classes
 from segformer.losses import build_loss
 from segformer.metrics import PER_CLASS, SUMMARY, SegmentationMetrics, metrics_table
-from segformer.models import SegFormer, upsample_cross_entropy
+from segformer.models import EncoderDecoder, MixTransformer, segformer_net, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
-from segformer.optim import param_groups
+from segformer.models.network import locate
+from segformer.optim import build_scheduler, param_groups
 
 
 class SegFormerModule(L.LightningModule):
-    """Cross-entropy training with the paper's optimiser groups and schedule, mIoU evaluation.
+    """Training and evaluation of a segmentation network: the paper's cross-entropy (or
+    ``loss`` terms), optimiser groups and schedule, mIoU evaluation.
 
-    Hyper-parameters are plain values and dicts (``optimizer``/``scheduler`` hold a ``_target_``),
-    so checkpoints load with ``weights_only=True``.
+    ``net``: the network's specs ``{"encoder": {_target_, ...}, "decoder": {_target_, ...}}``
+    (``models.network``; None: the paper's MiT-B0 + all-MLP head), built here for ``num_classes``
+    and ``in_channels`` and recorded in the checkpoint, or a built ``nn.Module`` (eval/predict
+    wrap weights loaded from any format). Hyper-parameters are plain values and dicts, so
+    checkpoints load with ``weights_only=True``.
 
-    ``in_channels``: input bands (``model.in_channels``, = ``data.in_channels``); ``input_format``:
-    the data's reading and normalisation (``data.channels.ImageFormat.to_dict``), kept in the
-    checkpoint for predict and export. ``loss``: None = the paper's cross-entropy (``loss``),
-    else ``losses.build_loss`` terms. ``freeze_stages``: encoder stages not trained (-1 = all;
-    ``MixTransformer.freeze_stages``).
+    ``input_format``: the data's reading and normalisation (``data.channels.ImageFormat.to_dict``),
+    kept for predict and export. ``loss``: None = the paper's cross-entropy, else
+    ``losses.build_loss`` terms. ``scheduler``: a ``_target_`` (any ``torch.optim.lr_scheduler``
+    class or ``optim.WarmupPolyLR``) plus ``interval`` (step | epoch | validation),
+    ``frequency`` and ``monitor``. ``freeze_stages``: encoder stages not trained (-1 = all).
     """
 
     def __init__(
         self,
         num_classes: int,
-        variant: str = "b0",
-        decoder_dim: int | None = None,
+        net: Mapping[str, Any] | nn.Module | None = None,
+        in_channels: int = 3,
         pretrained: str | None = None,
-        drop_path_rate: float = 0.1,
-        dropout: float = 0.1,
-        ln_eps_preset: str = "official",
+        freeze_stages: int = 0,
+        compile: bool = False,
+        class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
-        class_names: Sequence[str] | None = None,
+        loss: Any = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         head_lr_mult: float = 10.0,
         no_decay_bias: bool = False,
-        compile: bool = False,
         nonfinite_loss: str = "raise",
         inference: dict[str, Any] | None = None,
-        model: SegFormer | None = None,
-        in_channels: int = 3,
         input_format: dict[str, Any] | None = None,
-        loss: Any = None,
-        freeze_stages: int = 0,
     ) -> None:
         super().__init__()
+        built = isinstance(net, nn.Module)
         # not sent to the loggers: the entry points log the whole resolved config once
-        self.save_hyperparameters(ignore=["model"], logger=False)
-        # ``model`` lets eval/predict wrap weights loaded from any format
-        self.model = model or SegFormer(
-            variant=variant,
-            num_classes=num_classes,
-            decoder_dim=decoder_dim,
-            drop_path_rate=drop_path_rate,
-            dropout=dropout,
-            ln_eps_preset=ln_eps_preset,
-            in_channels=in_channels,
-        )
+        self.save_hyperparameters(ignore=["net"] if built else None, logger=False)
+        if built:
+            self.model = net
+        else:
+            spec = dict(net) if net is not None else segformer_net("b0")
+            self.hparams["net"] = spec  # the composition, recorded: checkpoints rebuild it
+            self.model = EncoderDecoder(spec, num_classes, in_channels)
+            self.model.check(max(64, self.model.min_input_size))
         if input_format is not None and input_format.get("in_channels", 3) != in_channels:
-            raise ValueError(
+            raise InputError(
                 f"model.in_channels={in_channels} but the data gives "
                 f"{input_format['in_channels']} channels (data.in_channels); set both alike"
             )
         if freeze_stages:
+            if not hasattr(self.model.encoder, "freeze_stages"):
+                raise InputError(
+                    f"model.freeze_stages={freeze_stages}: the encoder "
+                    f"{type(self.model.encoder).__name__} has no freeze_stages(k) method"
+                )
             self.model.encoder.freeze_stages(freeze_stages)
         # None: the default loss path below, exactly the paper's cross-entropy
         self.criterion = None if loss is None else build_loss(loss)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(
+            raise InputError(
                 f"model.class_weights has {len(class_weights)} values, expected one per class "
                 f"(num_classes={num_classes})"
             )
         weight = None if class_weights is None else torch.tensor(class_weights).float()
         self.register_buffer("class_weight", weight, persistent=False)  # (K,) or None
         if nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(
+            raise InputError(
                 f"model.nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}"
             )
         self.nonfinite_skipped = 0  # batches skipped for a NaN/inf loss (kept in checkpoints)
@@ -109,6 +113,9 @@ class SegFormerModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.best_miou = -math.inf
         self.run_plan: dict[str, Any] | None = None  # set by segformer-train (train.plan_run)
+        # (scheduler, monitor) of a scheduler with interval "validation", and its resumed state
+        self.validation_scheduler: tuple[Any, str | None] | None = None
+        self._validation_scheduler_state: dict[str, Any] | None = None
         self.last_results: dict[str, dict[str, torch.Tensor]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,11 +181,27 @@ class SegFormerModule(L.LightningModule):
         self._nonfinite_in_a_row += 1
         names = ", ".join(batch["name"][:4]) + (", ..." if len(batch["name"]) > 4 else "")
         what = f"training loss is {loss.item()} at step {self.global_step} (batch: {names})"
+        image = batch["image"]
+        bad_input = not bool(torch.isfinite(image).all())
+        if bad_input:  # the cause is in the data, not in the optimisation
+            per_image = (~torch.isfinite(image)).flatten(1).sum(1).tolist()
+            bad = [(n, k) for n, k in zip(batch["name"], per_image, strict=True) if k]
+            files = ", ".join(f"{n} ({int(k):,} values)" for n, k in bad[:4])
+            files += f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+            what += (
+                f"; the input itself holds non-finite values (NaN/inf) in {files}: set "
+                "data.nodata=nan (or the no-data value) to ignore such pixels, or fix the files"
+            )
         if self.hparams.nonfinite_loss == "raise" or self._nonfinite_in_a_row > 10:
-            raise FloatingPointError(
-                f"{what}; {self._nonfinite_in_a_row} in a row, {self.nonfinite_skipped} skipped "
-                "before. Lower optimizer.lr, set trainer.gradient_clip_val, train in fp32 or "
+            advice = (
+                ""
+                if bad_input
+                else " Lower optimizer.lr, set trainer.gradient_clip_val, train in fp32 or "
                 "bf16 rather than fp16, or set model.nonfinite_loss=skip to skip such batches"
+            )
+            raise NonFiniteLossError(
+                f"{what}; {self._nonfinite_in_a_row} in a row, {self.nonfinite_skipped} skipped "
+                f"before.{advice}"
             )
         self.nonfinite_skipped += 1
         self.print(f"skipped: {what}")
@@ -187,11 +210,22 @@ class SegFormerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         # ImageNet weights start a new run only (ckpt_path is set once a checkpoint is restored)
-        if self.hparams.pretrained and self.trainer.ckpt_path is None:
-            load_encoder_weights(self.model.encoder, self.hparams.pretrained)
+        path = self.hparams.pretrained
+        if not path or self.trainer.ckpt_path is not None:
+            return
+        encoder = self.model.encoder
+        if isinstance(encoder, MixTransformer):
+            load_encoder_weights(encoder, path)
+        elif hasattr(encoder, "load_pretrained"):
+            encoder.load_pretrained(path)
+        else:
+            raise InputError(
+                f"model.pretrained={path}: the encoder {type(encoder).__name__} has no "
+                "load_pretrained(path) method (MiT encoders read every supported format)"
+            )
 
     def setup(self, stage: str) -> None:
-        if self.model.encoder.frozen_stages:
+        if getattr(self.model.encoder, "frozen_stages", 0):
             # frozen stages are in eval mode on purpose (no drop path): Lightning's notice of
             # "modules in eval mode at the start of training" is expected then
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -199,7 +233,7 @@ class SegFormerModule(L.LightningModule):
             self.model.compile()
         if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size > 1:
             # one process skipping its step while the others all-reduce gradients would hang
-            raise ValueError("model.nonfinite_loss=skip works in one process only; use 'raise'")
+            raise InputError("model.nonfinite_loss=skip works in one process only; use 'raise'")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the RNG state that dropout / drop path draw from next: a resumed run continues it
@@ -210,6 +244,8 @@ class SegFormerModule(L.LightningModule):
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
         checkpoint["void_batches"] = self._total_void_batches()
         checkpoint["best_miou"] = self.best_miou
+        if self.validation_scheduler is not None:  # Lightning keeps only the ones it steps
+            checkpoint["validation_scheduler"] = self.validation_scheduler[0].state_dict()
         if self.run_plan is not None:  # precision and budgeted steps: a resume keeps them
             checkpoint["run_plan"] = self.run_plan
 
@@ -225,32 +261,47 @@ class SegFormerModule(L.LightningModule):
         self._check_network(checkpoint)
         self._void_batches_before, self.void_batches = checkpoint.get("void_batches", 0), 0
         self._resume_rng = checkpoint.get("rng_state")
+        self._validation_scheduler_state = checkpoint.get("validation_scheduler")
         self.nonfinite_skipped = checkpoint.get("nonfinite_skipped", 0)
         # the best validation mIoU of the whole run, not only of the resumed part
         self.best_miou = checkpoint.get("best_miou", -math.inf)
 
     def _check_network(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming (or testing) a checkpoint of another network: one line naming both values,
+        """Resuming (or testing) a checkpoint of another network: one line naming what differs,
         before Lightning's state-dict size-mismatch dump. Runs before the weights are loaded."""
-        weight = checkpoint.get("state_dict", {}).get("model.head.classifier.weight")
-        theirs = {"variant": checkpoint.get("hyper_parameters", {}).get("variant")}
-        if weight is not None:  # (K, E, 1, 1): the classes and the decoder width
-            theirs.update(num_classes=weight.shape[0], decoder_dim=weight.shape[1])
-        ours = {
-            "variant": self.model.variant,
-            "num_classes": self.model.num_classes,
-            "decoder_dim": self.model.head.decoder_dim,
+        state = {
+            k.removeprefix("model."): v
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if k.startswith("model.")
         }
-        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
-        if differ:
-            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-            both = ", ".join(
-                f"{k}={theirs[k]} in the checkpoint but {ours[k]} in the config" for k in differ
-            )
-            raise ValueError(
-                f"{path}: {both}; resume with the run's own data and model settings, or start "
-                "a new run (ckpt_path=null) to train another network"
-            )
+        own = self.model.state_dict()
+        differ = sorted(
+            k
+            for k in own.keys() | state.keys()
+            if k not in own or k not in state or own[k].shape != state[k].shape
+        )
+        if not differ:
+            return
+        hparams = checkpoint.get("hyper_parameters", {})
+        net = hparams.get("net") or {}
+        theirs = _summary(state, net.get("encoder", {}).get("variant", hparams.get("variant")))
+        ours = _summary(own, self.model.variant)
+        both = [
+            f"{k}={theirs[k]} in the checkpoint but {ours[k]} in the config"
+            for k in ours
+            if theirs[k] is not None and theirs[k] != ours[k]
+        ]
+        if not both:  # another composition: name a weight that differs
+            k = differ[0]
+            shape = {
+                n: tuple(d[k].shape) if k in d else "absent" for n, d in (("c", state), ("o", own))
+            }
+            both = [f"weight {k} is {shape['c']} in the checkpoint but {shape['o']} in the config"]
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        raise InputError(
+            f"{path}: {', '.join(both)}; resume with the run's own data and model settings, or "
+            "start a new run (ckpt_path=null) to train another network"
+        )
 
     def on_train_start(self) -> None:
         # restored here, after the sanity validation, right before the first training batch
@@ -302,6 +353,7 @@ class SegFormerModule(L.LightningModule):
         results = self._log_metrics("val", self.val_metrics)
         if not self.trainer.sanity_checking:
             self.best_miou = max(self.best_miou, float(results["mIoU"]))
+            self._step_validation_scheduler(results)
             self.log("val/mIoU_best", self.best_miou, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
@@ -347,14 +399,43 @@ class SegFormerModule(L.LightningModule):
             head_lr_mult=self.hparams.head_lr_mult,
             no_decay_bias=self.hparams.no_decay_bias,
         )
-        optimizer = get_class(opt_cfg.pop("_target_"))(groups, **opt_cfg)
+        optimizer = locate(opt_cfg.pop("_target_"), "optimizer")(groups, **opt_cfg)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
-        sched_cfg = dict(self.hparams.scheduler)
-        scheduler = get_class(sched_cfg.pop("_target_"))(
-            optimizer, total_steps=int(self.trainer.estimated_stepping_batches), **sched_cfg
+        scheduler, settings = build_scheduler(
+            self.hparams.scheduler, optimizer, int(self.trainer.estimated_stepping_batches)
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        if settings["interval"] == "validation":  # stepped by on_validation_epoch_end
+            self.validation_scheduler = (scheduler, settings.get("monitor"))
+            if self._validation_scheduler_state is not None:  # resumed
+                scheduler.load_state_dict(self._validation_scheduler_state)
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **settings}}
+
+    def _step_validation_scheduler(self, results: dict[str, torch.Tensor]) -> None:
+        """A scheduler of interval ``validation`` steps after each validation, with the
+        monitored value (``val/mIoU`` ...) when it takes one (ReduceLROnPlateau)."""
+        if self.validation_scheduler is None:
+            return
+        scheduler, monitor = self.validation_scheduler
+        if monitor is None:
+            scheduler.step()
+            return
+        key = monitor.removeprefix("val/")
+        if key not in results:
+            raise InputError(
+                f"scheduler.monitor={monitor}: not a validation metric; one of "
+                + ", ".join(f"val/{k}" for k in SUMMARY)
+            )
+        scheduler.step(float(results[key]))
+
+
+def _summary(state: Mapping[str, torch.Tensor], variant: str | None) -> dict[str, Any]:
+    """What a network's weights say of it, where the paper's layout tells: the MiT variant,
+    the classes and the decoder width (None when unknown)."""
+    classifier = state.get("head.classifier.weight")  # (K, E, 1, 1)
+    return {
+        "variant": variant,
+        "num_classes": None if classifier is None else classifier.shape[0],
+        "decoder_dim": None if classifier is None else classifier.shape[1],
+    }

@@ -145,10 +145,18 @@ def measured_speedup(workload: Workload) -> tuple[float, str]:
 INFERENCE: Workload = ("B0 inference, 2x3x256x256", inference_probe)
 
 
+def select_device(accelerator: str = "auto") -> torch.device:
+    """The device a Lightning ``accelerator`` (auto | cpu | gpu | cuda) or a device name
+    (``cuda:1``) runs on: auto is the GPU when there is one, else the CPU."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if accelerator == "gpu" else accelerator)
+
+
 def choose_precision(accelerator: str = "auto", workload: Workload = INFERENCE) -> tuple[str, str]:
     """(Lightning precision, the reason) for ``precision=auto`` on ``accelerator``. ``workload``
     is measured (once, :func:`measured_speedup`) when the CPU has bf16 units."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+    if select_device(accelerator).type == "cuda":
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "the GPU"
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed", f"{name} supports bf16: bf16 autocast, fp32 weights"

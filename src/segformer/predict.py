@@ -12,9 +12,15 @@ Per image, at its original resolution: <stem>.png (class ids, 8-bit grey), <stem
 transformers id2label) or are numbers, and the colours are the PASCAL VOC colour map
 (``data.labels.default_palette``, as in training's prediction grids).
 
+Rasters too large for memory and georeferenced TIFFs (``tiled.enabled=auto``; with the geo
+extra, rasterio) are read, segmented and written window by window instead
+(``segformer.raster``): <stem>.tif, class ids as a tiled deflate GeoTIFF with the input's CRS and
+transform and the palette as colour map (optionally <stem>_probs.tif), in memory that does not
+grow with the raster; an interrupted run continues where it stopped (``tiled.resume``).
+
 An unreadable image (corrupt, truncated, empty, not an image) is skipped: every other prediction
 is written, the skipped files are listed at the end and the command exits 1 (``strict=false``:
-a warning and exit 0). Images of any size run, a 1x1 thumbnail too (``models.segformer.pad_small``).
+a warning and exit 0). Images of any size run, a 1x1 thumbnail too (``models.network.pad_small``).
 """
 
 from __future__ import annotations
@@ -40,14 +46,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from segformer.cli import hydra_cli, print_config
 from segformer.data.channels import TIFF_SUFFIXES, ImageFormat
 from segformer.data.files import IMAGE_SUFFIXES
 from segformer.data.labels import default_palette
+from segformer.errors import InputError, MissingFileError, UnreadableFileError
 from segformer.inference import InferenceConfig, segment
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names, checkpoint_input_format
-from segformer.precision import resolve_precision
-from segformer.utils import hydra_cli, print_config, register_resolvers
+from segformer.precision import resolve_precision, select_device
+from segformer.resolvers import register_resolvers
 from segformer.visualize import colorize, display_rgb, overlay
 
 register_resolvers()
@@ -57,7 +65,7 @@ def find_images(path: Path, recursive: bool = False, exclude: Path | None = None
     """``path`` itself if a file, else the images in the folder (sorted); none from a subfolder
     ``exclude`` (the output folder: earlier predictions are not inputs)."""
     if not path.exists():
-        raise FileNotFoundError(f"input {path}: no such file or directory")
+        raise MissingFileError(f"input {path}: no such file or directory")
     if path.is_file():
         return [path]
     candidates = path.rglob("*") if recursive else path.iterdir()
@@ -73,7 +81,7 @@ def find_images(path: Path, recursive: bool = False, exclude: Path | None = None
     )
     if not images:
         where = "in or below" if recursive else "directly in"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) {where} this folder"
             + ("" if recursive else "; recursive=true searches subfolders")
         )
@@ -90,13 +98,13 @@ def image_size(path: Path) -> tuple[int, int]:
                 series = tif.series[0]
                 return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
         except (tifffile.TiffFileError, ValueError, IndexError) as err:
-            raise OSError(f"cannot read image {path}: {err}") from None
+            raise UnreadableFileError(f"cannot read image {path}: {err}") from None
     try:
         with Image.open(path) as im:
             w, h = im.size
             rotated = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
     except OSError as err:  # PIL.UnidentifiedImageError included
-        raise OSError(f"cannot read image {path}: {err}") from None
+        raise UnreadableFileError(f"cannot read image {path}: {err}") from None
     return (w, h) if rotated else (h, w)
 
 
@@ -117,7 +125,7 @@ def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[
     if cfg.get("data") is not None:
         datamodule = instantiate(cfg.data)  # metadata only: nothing is read from disk
         if datamodule.num_classes != num_classes:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the checkpoint predicts {num_classes} classes but data "
                 f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
             )
@@ -144,7 +152,7 @@ def input_format(cfg: DictConfig, path: Path, in_channels: int) -> ImageFormat:
                 "with ImageNet statistics (give data=... data.mean=... data.std=... otherwise)"
             )
     if fmt.in_channels != in_channels:
-        raise ValueError(
+        raise InputError(
             f"{path}: the checkpoint takes {in_channels} input channels but the data format "
             f"reads {fmt.in_channels} (data.in_channels)"
         )
@@ -193,12 +201,12 @@ def output_targets(
         rel = path.relative_to(root) if root.is_dir() else Path(path.name)
         target = output / rel.parent / rel.stem
         if target in owners:
-            raise ValueError(
+            raise InputError(
                 f"{owners[target]} and {path} would both write {target}.png; rename one"
             )
         for written in output_files(target, overlay_format):
             if written.resolve() in inputs:
-                raise ValueError(f"output {written} would overwrite an input image; change output")
+                raise InputError(f"output {written} would overwrite an input image; change output")
         owners[target], targets[path] = path, target
     return targets
 
@@ -206,26 +214,27 @@ def output_targets(
 def predict(cfg: DictConfig) -> Path:
     """Segment every image of ``cfg.input`` into ``cfg.output``; returns the output folder."""
     if cfg.get("ckpt_path") is None:
-        raise ValueError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
+        raise InputError("set ckpt_path=PATH (alias pretrained=PATH): weights in any format")
     if cfg.overlay_format not in ("jpg", "png"):
-        raise ValueError(f"overlay_format={cfg.overlay_format!r}; expected 'jpg' or 'png'")
+        raise InputError(f"overlay_format={cfg.overlay_format!r}; expected 'jpg' or 'png'")
     if cfg.batch_size < 1:
-        raise ValueError(f"batch_size={cfg.batch_size}; expected >= 1")
+        raise InputError(f"batch_size={cfg.batch_size}; expected >= 1")
     print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     images = find_images(source, cfg.recursive, exclude=output)
     targets = output_targets(images, source, output, cfg.overlay_format)
     sizes, skipped = read_sizes(images)  # unreadable files are skipped, listed at the end
+    # large or georeferenced rasters: read, segmented and written window by window (GeoTIFF)
+    tiled = tiled_inputs(cfg, sizes, targets)
+    sizes = {path: size for path, size in sizes.items() if path not in tiled}
 
     ckpt_path = Path(cfg.ckpt_path).expanduser()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    device = select_device(cfg.device)
     model = SegFormer.from_pretrained(ckpt_path).to(device)
     precision, reason = resolve_precision(cfg.precision, device.type)
     bf16 = precision.startswith("bf16")
     if model.num_classes > 256:
-        raise ValueError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
+        raise InputError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
     names, palette = class_metadata(cfg, ckpt_path, model.num_classes)
     image_format = input_format(cfg, ckpt_path, model.in_channels)
     mean, std = image_format.mean_std()
@@ -250,6 +259,11 @@ def predict(cfg: DictConfig) -> Path:
         console.print(f"precision {precision}: {reason}")
         task = progress.add_task(f"segmenting on {device}", total=len(images))
         progress.advance(task, len(skipped))
+        for path in tiled:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                raster = (model, path, targets[path], inference, image_format, palette, names)
+                predict_tiled(cfg, *raster, progress, skipped)
+            progress.advance(task)
         batches = size_batches(sizes, cfg.batch_size)
         # decoding the next batch and encoding the outputs overlap the inference (the codecs
         # release the GIL); at most two batches of outputs wait to be written
@@ -279,6 +293,100 @@ def predict(cfg: DictConfig) -> Path:
     console.print(f"{len(images) - len(skipped)} image(s) segmented into {output}")
     report_skipped(skipped, len(images), output, cfg.get("strict", True), console)
     return output
+
+
+def tiled_inputs(
+    cfg: DictConfig, sizes: dict[Path, tuple[int, int]], targets: dict[Path, Path]
+) -> list[Path]:
+    """The images predicted window by window (``segformer.raster``), as ``tiled.enabled`` says:
+    auto = georeferenced TIFFs and images over ``tiled.min_pixels`` pixels (with rasterio
+    installed), true = all, false = none. Refuses a GeoTIFF output that would overwrite an
+    input."""
+    from segformer.raster import choose_tiled, probabilities_path
+
+    settings = cfg.get("tiled") or {}
+    enabled = settings.get("enabled", "auto")
+    chosen, notes = choose_tiled(sizes, enabled, int(settings.get("min_pixels", 40_000_000)))
+    for note in notes:
+        print(note)
+    inputs = {path.resolve() for path in targets}
+    for path in chosen:
+        tif = tiled_target(targets[path])
+        for written in (tif, probabilities_path(tif)):
+            if written.resolve() in inputs:
+                raise InputError(f"output {written} would overwrite an input image; change output")
+    return chosen
+
+
+def tiled_target(target: Path) -> Path:
+    """The class-map GeoTIFF of output path ``target``: ``<target>.tif``."""
+    return target.with_name(f"{target.name}.tif")
+
+
+def predict_tiled(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    path: Path,
+    target: Path,
+    inference: InferenceConfig,
+    image_format: ImageFormat,
+    palette: np.ndarray,
+    names: list[str],
+    progress: Progress,
+    skipped: dict[Path, str],
+) -> None:
+    """Raster ``path`` through ``segformer.raster.predict_raster``: ``<target>.tif`` (class ids,
+    the palette as colour map, the input's CRS and transform) and, with
+    ``tiled.probabilities``, ``<target>_probs.tif``; sliding windows of ``inference.crop`` /
+    ``inference.stride``, ``tiled.window_batch`` per forward, at the raster's resolution.
+    An interrupted run's outputs are continued (``tiled.resume``). An unreadable raster, or
+    one whose pixels cannot be used, goes to ``skipped``."""
+    from segformer.raster import TiledConfig, predict_raster
+
+    settings = cfg.get("tiled") or {}
+    batch = settings.get("window_batch", "auto")
+    if batch == "auto":  # a 1024 x 1024 window fills a CPU; each one more holds ~0.2 GB (B0)
+        device = next(model.parameters()).device
+        batch = 1 if device.type == "cpu" else inference.window_batch
+    config = TiledConfig.from_inference(
+        inference,
+        window_batch=int(batch),
+        probabilities=settings.get("probabilities"),
+        block_size=int(settings.get("block_size", 256)),
+        buffer_mb=float(settings.get("buffer_mb", 256)),
+    )
+    task = progress.add_task(f"  {path.name}: windows", total=None)
+    try:
+        result = predict_raster(
+            model,
+            path,
+            tiled_target(target),
+            config,
+            image_format=image_format,
+            palette=palette,
+            class_names=names,
+            resume=bool(settings.get("resume", True)),
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    except (InputError, UnreadableFileError) as err:
+        skipped[path] = str(err)
+        return
+    finally:
+        progress.remove_task(task)
+    (ch, cw), (sh, sw) = config.crop, config.stride
+    what = {
+        "done": f"{result.windows} windows",
+        "resumed": f"resumed, {result.windows} of {result.windows_total} windows run",
+        "complete": "already complete, kept",
+    }[result.status]
+    progress.console.print(
+        f"{path}: {result.height}x{result.width} tiled ({ch}x{cw} windows, stride {sh}x{sw}; "
+        f"{what}; {result.seconds:.0f} s) -> {result.target}"
+        + (f" (note: {result.note})" if result.note else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def read_sizes(images: list[Path]) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
@@ -323,7 +431,7 @@ def report_skipped(
         f"predictions are in {output}"
     )
     if strict:
-        raise OSError(f"{message} (strict=false: a warning and exit status 0)")
+        raise UnreadableFileError(f"{message} (strict=false: a warning and exit status 0)")
     console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 

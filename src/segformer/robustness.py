@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from segformer.errors import InputError
+
 # Paper Table 5 (after Kamann & Rother's Cityscapes-C), its column groups in its order
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "blur": ("motion_blur", "defocus_blur", "glass_blur", "gaussian_blur"),
@@ -55,7 +57,7 @@ def parse_corruptions(value: Any) -> list[str]:
         return list(CORRUPTIONS)
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown or not names:
-        raise ValueError(
+        raise InputError(
             f"corruption={value!r}: unknown {unknown or 'empty'}; expected 'all' or names from "
             f"{list(CORRUPTIONS)}"
         )
@@ -72,7 +74,7 @@ def parse_severities(value: Any) -> list[int]:
     except ValueError:
         severities = []
     if not severities or any(s not in SEVERITIES for s in severities):
-        raise ValueError(f"severity={value!r}; expected 'all', an integer 1-5 or a list of them")
+        raise InputError(f"severity={value!r}; expected 'all', an integer 1-5 or a list of them")
     return sorted(set(severities))
 
 
@@ -99,9 +101,9 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
     """uint8 (H, W, 3) RGB -> the same corrupted by ``imagecorruptions`` at ``severity``, with
     numpy's global RNG seeded by ``seed`` (and restored afterwards)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
+        raise InputError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
     if min(image.shape[:2]) < MIN_SIZE:
-        raise ValueError(
+        raise InputError(
             f"corruption={corruption}: image of {image.shape[1]}x{image.shape[0]} pixels; "
             f"imagecorruptions needs at least {MIN_SIZE}x{MIN_SIZE}"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from segformer.errors import InputError
+
 
 def pair(value: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     """``value`` as (a, b): an int n -> (n, n); two ints (a list, a tuple, Hydra's ListConfig)
@@ -13,5 +15,5 @@ def pair(value: int | Sequence[int], name: str = "size") -> tuple[int, int]:
         return int(value), int(value)
     values = [int(v) for v in value]
     if len(values) != 2:
-        raise ValueError(f"{name}={value!r}; expected an int or two ints")
+        raise InputError(f"{name}={value!r}; expected an int or two ints")
     return values[0], values[1]

@@ -29,18 +29,19 @@ from segformer.budget import (
     plan_budget,
     validation_seconds,
 )
-from segformer.callbacks import BudgetGuard, LastCheckpoint
-from segformer.precision import cpu_class, cpu_info, resolve_precision
-from segformer.utils import (
+from segformer.build import (
     build_module,
     finish_wandb,
-    hydra_cli,
     instantiate_dict,
     instantiate_loggers,
-    print_config,
-    register_resolvers,
     step_based_trainer_kwargs,
 )
+from segformer.callbacks import BudgetGuard, LastCheckpoint
+from segformer.checkpoint_io import atomic_write
+from segformer.cli import hydra_cli, print_config
+from segformer.errors import InputError
+from segformer.precision import cpu_class, cpu_info, resolve_precision, select_device
+from segformer.resolvers import register_resolvers
 
 register_resolvers()
 # our train loaders resume by position (data/sampler.py), so Lightning's mid-epoch warning for
@@ -53,12 +54,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if ckpt_path != "last":
         return ckpt_path
     return str(output_dir / "checkpoints" / "last.ckpt")
-
-
-def _device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def plan_run(
@@ -77,16 +72,15 @@ def plan_run(
         )
     budget = cfg.get("budget") or {}
     accelerator, precision = str(cfg.trainer.accelerator), cfg.trainer.precision
-    device = _device(accelerator)
+    device = select_device(accelerator)
     if stored.get("precision") and str(precision) == "auto":
         precision, reason = stored["precision"], "the resumed run's"
         precision_reason = f"{stored.get('precision_reason', '')} ({reason})"
     else:
         precision_reason = None
-    timer = None
     wants_budget = budget.get("minutes") and not stored.get("budget")
     if wants_budget and (cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1):
-        raise ValueError(
+        raise InputError(
             "budget.minutes plans one device's run; with several devices or nodes set "
             "budget.minutes=null and trainer.max_steps=N"
         )
@@ -152,7 +146,7 @@ def _report_plan(plan: dict[str, Any], output_dir: Path) -> None:
 def _write_plan(plan: dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     record = {**plan, "cpu_class": cpu_class(), "cpu": cpu_info()}
-    (output_dir / "run_plan.json").write_text(json.dumps(record, indent=2))
+    atomic_write(output_dir / "run_plan.json", json.dumps(record, indent=2), "run plan")
 
 
 def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]:
@@ -205,7 +199,8 @@ def train(cfg: DictConfig, from_process_start: bool = False) -> dict[str, float]
     if trainer.is_global_zero:
         if "budget_stop" in plan:
             _write_plan(plan, output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(output_dir / "metrics.json", text, "metrics")
         ckpt = next(
             (c.last_model_path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), ""
         )

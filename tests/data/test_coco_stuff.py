@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from datafiles import raw_mask, write_image, write_mask
+from helpers import compose_config
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from segformer.data.coco_stuff import RAW_TO_TRAIN_ID, UNUSED_IDS, COCOStuffDataModule
 
@@ -71,9 +71,7 @@ def test_a_missing_train_id_map_is_named(tmp_path: Path):
 
 def test_config(tmp_path: Path):
     write_coco_stuff(tmp_path / "coco_stuff164k", train_ids=False)
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 3})
-    configs = Path(__file__).resolve().parents[2] / "configs" / "data"
-    cfg.data = OmegaConf.load(configs / "coco_stuff.yaml")
+    cfg = compose_config("train", ["data=coco_stuff", f"paths.data_dir={tmp_path}"])
     dm = instantiate(cfg.data)
     assert isinstance(dm, COCOStuffDataModule) and dm.root == tmp_path / "coco_stuff164k"
     assert dm.eval_settings == {"mode": "whole", "scale": [2048, 512], "align": 32}

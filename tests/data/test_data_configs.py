@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
+from helpers import compose_config
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from segformer.data.datamodule import SegmentationDataModule
 
@@ -26,8 +26,8 @@ def test_every_config_is_covered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_config_instantiates(name: str, tmp_path: Path):
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 7})
-    cfg.data = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    # composed as the entry points do: a dataset config builds on configs/data/base/
+    cfg = compose_config("train", [f"data={name}", f"paths.data_dir={tmp_path}", "seed=7"])
     dm = instantiate(cfg.data)
     crop, mode = EXPECTED[name]
     assert isinstance(dm, SegmentationDataModule)

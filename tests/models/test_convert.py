@@ -123,11 +123,11 @@ def test_official_imagenet_mit_checkpoint(model, tmp_path):
 
 def test_load_encoder_weights(model, tmp_path):
     official_mit(model, tmp_path / "mit_b0.pth")
-    encoder = MixTransformer.from_variant("b0")
+    encoder = MixTransformer("b0")
     load_encoder_weights(encoder, tmp_path / "mit_b0.pth")
     assert_same_weights(encoder.state_dict(), model.encoder.state_dict())
     with pytest.raises(ValueError, match=r"MiT-b0 weights, the encoder is MiT-b1"):
-        load_encoder_weights(MixTransformer.from_variant("b1"), tmp_path / "mit_b0.pth")
+        load_encoder_weights(MixTransformer("b1"), tmp_path / "mit_b0.pth")
 
 
 def test_mmseg_backbone_checkpoint(model, tmp_path):

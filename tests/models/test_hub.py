@@ -86,7 +86,7 @@ def test_revisions_pick_their_snapshot(hub_cache, tmp_path):
 def test_encoder_weights_by_repo_id(hub_cache, tmp_path):
     hf_folder(tmp_path / "export")
     add_to_hub_cache(hub_cache, "acme/mit-b0", tmp_path / "export")
-    encoder = MixTransformer.from_variant("b0")
+    encoder = MixTransformer("b0")
     load_encoder_weights(encoder, "acme/mit-b0")
     local = SegFormer.from_pretrained(tmp_path / "export").encoder.state_dict()
     for key, value in encoder.state_dict().items():

@@ -6,7 +6,7 @@ from segformer.models import LN_EPS_PRESETS, MixTransformer
 
 
 def tiny_encoder(**kwargs) -> MixTransformer:
-    return MixTransformer.from_variant("b0", **kwargs)
+    return MixTransformer("b0", **kwargs)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (97, 203), (333, 517)])
@@ -35,7 +35,7 @@ def test_structure_matches_the_release():
 
 
 def test_drop_path_linear_over_all_blocks():
-    encoder = MixTransformer.from_variant("b2", drop_path_rate=0.1)
+    encoder = MixTransformer("b2", drop_path_rate=0.1)
     rates = [block.drop_path.p for stage in encoder.stages for block in stage.blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.1, 16).tolist())
 
@@ -56,7 +56,7 @@ def test_unknown_eps_preset():
 
 def test_official_init():
     torch.manual_seed(0)
-    encoder = MixTransformer.from_variant("b1")
+    encoder = MixTransformer("b1")
     fc1 = encoder.stages[3].blocks[0].ffn.fc1.weight  # Linear: trunc-normal .02
     assert fc1.std().item() == pytest.approx(0.02, rel=0.05)  # timm bounds ±2: no real cut
     conv = encoder.stages[3].patch_embed.proj  # normal(0, sqrt(2 / fan_out))
@@ -65,7 +65,7 @@ def test_official_init():
 
 
 def test_drop_path_only_in_training():
-    encoder = MixTransformer.from_variant("b0", drop_path_rate=0.5)
+    encoder = MixTransformer("b0", drop_path_rate=0.5)
     x = torch.randn(4, 3, 32, 32)
     encoder.eval()
     assert torch.equal(encoder(x)[3], encoder(x)[3])

@@ -32,7 +32,11 @@ def noisy_logits(batch, classes, low, channels_last=True, scale=0.02):
 @pytest.mark.parametrize(
     ("low", "size"), [((32, 32), (128, 128)), ((17, 23), (67, 90)), ((12, 9), (7, 13))]
 )
-def test_argmax_many_candidates(low, size, channels_last):
+def test_argmax_many_candidates(low, size, channels_last, monkeypatch):
+    """Every candidate-count group runs: the switch to all classes in bands is turned off."""
+    from segformer.models import upsample as module
+
+    monkeypatch.setattr(module, "DENSE_SHARE", float("inf"))
     torch.manual_seed(0)
     logits = noisy_logits(2, 150, low, channels_last)
     assert_same_classes(upsample_argmax(logits, size), upsample(logits, size))
@@ -164,3 +168,51 @@ def test_other_devices_take_the_plain_functions():
     assert upsample_argmax(logits, (32, 32)).shape == (2, 32, 32)
     loss = upsample_cross_entropy(logits, target, weight=torch.ones(5, device="meta"))
     assert loss.shape == () and loss.dtype == torch.float32
+
+
+NEAR_TIE = 1e-5  # a differing pixel's top-2 gap, relative to the largest |upsampled logit|
+
+
+def smooth_logits(batch, classes, low, scale=3.0):
+    """Trained-model-like logits: regions with one clear winner, boundaries between them."""
+    coarse = scale * torch.randn(batch, classes, max(2, low[0] // 6), max(2, low[1] // 6))
+    return upsample(coarse, low).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("classes", [2, 19, 150])
+@pytest.mark.parametrize("kind", ["smooth", "noisy"])
+@pytest.mark.parametrize(("low", "size"), [((32, 32), (128, 128)), ((17, 23), (67, 90)),
+                                           ((40, 24), (160, 96)), ((9, 13), (9, 13))])  # fmt: skip
+def test_argmax_parity_classes_sizes_dtypes(kind, classes, dtype, low, size):
+    """The class map equals resize_bilinear(logits).argmax(1) on >= 99.9% of pixels, and every
+    differing pixel is a near-tie (top-2 gap <= NEAR_TIE x max |logit|). Why it is exact
+    otherwise: for the reference class r of a cell, mix(c) - mix(r) is a convex combination of
+    the corner differences, so it is at most their maximum; a class below r at all four corners
+    (beyond a rounding slack) is below r at every pixel of the cell and cannot be the argmax."""
+    torch.manual_seed(classes + size[0])
+    make = smooth_logits if kind == "smooth" else noisy_logits
+    logits = make(2, classes, low).to(dtype)
+    pred, up = upsample_argmax(logits, size), upsample(logits, size)
+    assert pred.shape == (2, *size)
+    differ = pred != up.argmax(1)
+    assert differ.float().mean() <= 1e-3
+    top2 = up.topk(2, dim=1).values
+    assert ((top2[:, 0] - top2[:, 1])[differ] <= NEAR_TIE * up.abs().max()).all()
+
+
+def test_argmax_takes_bands_when_candidates_are_everywhere(monkeypatch):
+    """White-noise logits leave many candidates in every cell: all classes are mixed in bands
+    (the same map), and smooth logits keep the candidate path."""
+    from segformer.models import upsample as module
+
+    calls = []
+    banded = module._banded_argmax
+    monkeypatch.setattr(module, "_banded_argmax", lambda *a: calls.append(1) or banded(*a))
+    torch.manual_seed(0)
+    noisy = noisy_logits(2, 150, (16, 16))
+    assert_same_classes(upsample_argmax(noisy, (64, 64)), upsample(noisy, (64, 64)))
+    assert calls == [1]
+    smooth = smooth_logits(2, 150, (16, 16))
+    assert_same_classes(upsample_argmax(smooth, (64, 64)), upsample(smooth, (64, 64)))
+    assert calls == [1]

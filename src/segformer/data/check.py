@@ -23,9 +23,18 @@ from rich.progress import track
 from rich.table import Table
 from rich.text import Text
 
+from segformer.data.class_weights import (
+    RULES,
+    ClassCounts,
+    WeightRule,
+    split_label,
+    weights_from_counts,
+    weights_line,
+)
 from segformer.data.datamodule import SegmentationDataModule
 from segformer.data.dataset import SegmentationDataset
 from segformer.data.label_checks import LabelScan, single_class_problem, zero_255_problem
+from segformer.errors import InputError
 
 T = TypeVar("T")
 
@@ -47,6 +56,7 @@ class SampleReport:
     band_sumsq: np.ndarray | None = None  # float64 (C,) sum of squares of each band
     band_min: np.ndarray | None = None
     band_max: np.ndarray | None = None
+    nodata_pixels: int = 0  # no-data pixels of the image (data.nodata: NaN/inf or the value)
 
 
 def _attempt(problems: list[tuple[Path, str]], file: Path, read: Callable[[], T]) -> T | None:
@@ -62,7 +72,8 @@ def check_sample(dataset: SegmentationDataset, index: int) -> SampleReport:
     the first: a corrupt image and a bad mask of the same pair are both reported."""
     image_path, mask_path = dataset.samples[index]
     report = SampleReport()
-    image = _attempt(report.problems, image_path, lambda: dataset.read_image(image_path))
+    read = _attempt(report.problems, image_path, lambda: dataset.read_image_nodata(image_path))
+    image, nodata = read if read is not None else (None, None)
     raw = _attempt(report.problems, mask_path, lambda: dataset.read_raw_mask(mask_path))
     mask = None
     if raw is not None:
@@ -71,9 +82,17 @@ def check_sample(dataset: SegmentationDataset, index: int) -> SampleReport:
     if image is not None:
         report.size = (image.shape[1], image.shape[0])
         bands = image.reshape(-1, image.shape[2]).astype(np.float64)
+        if nodata is not None:  # the statistics of the data, not of the no-data fill
+            report.nodata_pixels = int(nodata.sum())
+            bands = bands[~nodata.ravel()]
         report.band_sum, report.band_sumsq = bands.sum(0), (bands * bands).sum(0)
-        report.band_min, report.band_max = bands.min(0), bands.max(0)
+        if len(bands):
+            report.band_min, report.band_max = bands.min(0), bands.max(0)
+        else:
+            report.band_sum = None  # all no-data: nothing to average
     if mask is not None:
+        if nodata is not None and mask.shape == nodata.shape:
+            mask = dataset.mask_nodata(mask, nodata)  # ignored in training, counted so here
         report.counts = np.bincount(mask.ravel(), minlength=256)
     if image is not None and mask is not None:
         _attempt(
@@ -98,6 +117,8 @@ class SplitReport:
     pixels: np.ndarray = field(init=False)  # int64 (K,) labelled pixels per class
     image_pixels: np.ndarray = field(init=False)  # int64 (K,) pixels of the masks holding c
     ignored: int = 0
+    masks: int = 0  # readable masks, the ones counted
+    counts_label: str | None = None  # the split as the class weights line names it
     mapped: bool = False  # the dataset maps stored values (label map, palette)
     labels: LabelScan = field(init=False)  # stored values seen, for the label warnings
     ignored_files: list[tuple[Path, float]] = field(default_factory=list)  # share >= LARGE_...
@@ -106,6 +127,8 @@ class SplitReport:
     band_sumsq: np.ndarray | None = None
     band_min: np.ndarray | None = None
     band_max: np.ndarray | None = None
+    nodata_pixels: int = 0
+    nodata_files: list[tuple[Path, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pixels = np.zeros(len(self.class_names), np.int64)
@@ -132,21 +155,27 @@ class SplitReport:
             self.band_sumsq += sample.band_sumsq
             self.band_min = np.minimum(self.band_min, sample.band_min)
             self.band_max = np.maximum(self.band_max, sample.band_max)
-        self.band_pixels += sample.size[0] * sample.size[1]
+        self.band_pixels += sample.size[0] * sample.size[1] - sample.nodata_pixels
 
     @property
     def bad_files(self) -> set[Path]:
         return {file for file, _ in self.problems}
 
-    def add(self, sample: SampleReport, mask_path: Path | None = None) -> None:
+    def add(
+        self, sample: SampleReport, mask_path: Path | None = None, image_path: Path | None = None
+    ) -> None:
         self.samples += 1
         self.problems += sample.problems
         if sample.size is not None:
             self.sizes[sample.size] += 1
         if sample.band_sum is not None:
             self._add_bands(sample)
+        if sample.nodata_pixels and image_path is not None:
+            self.nodata_pixels += sample.nodata_pixels
+            self.nodata_files.append((image_path, sample.nodata_pixels))
         if sample.counts is not None:
             counts = sample.counts[: len(self.class_names)]
+            self.masks += 1
             self.pixels += counts
             self.image_pixels[counts > 0] += sample.counts.sum()
             ignored = int(sample.counts[self.ignore_index])
@@ -172,6 +201,19 @@ class SplitReport:
                     warnings.append(problem)
         return warnings
 
+    def class_counts(self) -> ClassCounts:
+        """The class pixels found, as `model.class_weights=auto` counts them
+        (data/class_weights.py)."""
+        return ClassCounts(
+            self.counts_label or self.split,
+            self.class_names,
+            self.masks,
+            self.pixels,
+            self.image_pixels,
+            self.ignored,
+            counted=False,
+        )
+
 
 def check_split(
     datamodule: SegmentationDataModule, split: str, num_workers: int | None = None
@@ -182,10 +224,11 @@ def check_split(
     try:
         dataset = datamodule.make_dataset(split, train=False)
         if not isinstance(dataset, SegmentationDataset):
-            raise ValueError(
+            raise InputError(
                 f"{datamodule.name} has no files to check: its samples are generated in memory"
             )
         report.mapped = datamodule.maps_labels(split)
+        report.counts_label = split_label(datamodule, split)
     except DATA_ERRORS as err:
         report.problems.append((datamodule.root or Path(datamodule.name), str(err)))
         return report
@@ -193,19 +236,15 @@ def check_split(
         samples = pool.map(lambda i: check_sample(dataset, i), range(len(dataset)))
         tracked = track(samples, f"checking {split}", total=len(dataset), transient=True)
         for i, sample in enumerate(tracked):
-            report.add(sample, dataset.samples[i][1])
+            report.add(sample, dataset.samples[i][1], dataset.samples[i][0])
     return report
 
 
 def median_frequency_weights(pixels: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
     """Median-frequency class weights (Eigen & Fergus 2015): freq_c = pixels of class c / pixels
-    of the images in which c appears, w_c = median(freq) / freq_c. Absent classes get 0."""
-    present = pixels > 0
-    weights = np.zeros(len(pixels))
-    if present.any():
-        freq = pixels[present] / image_pixels[present]
-        weights[present] = np.median(freq) / freq
-    return weights
+    of the images in which c appears, w_c = median(freq) / freq_c. Absent classes get 0.
+    The function `model.class_weights=auto` uses (data/class_weights.py)."""
+    return weights_from_counts(pixels, image_pixels, "median_frequency")
 
 
 def _relative(file: Path, root: Path | None) -> str:
@@ -213,8 +252,10 @@ def _relative(file: Path, root: Path | None) -> str:
     return str(file.relative_to(root)) if inside else str(file)
 
 
-def print_report(report: SplitReport, console: Console) -> None:
-    """Problems, image sizes, class histogram and weights of one split as rich tables."""
+def print_report(report: SplitReport, console: Console, rule: WeightRule | None = None) -> None:
+    """Problems, image sizes, class histogram and weights of one split as rich tables; the
+    weights of every rule, and the line to paste of `rule` (default median frequency)."""
+    rule = rule or WeightRule("median_frequency")
     if report.problems:
         table = Table(title=f"{report.split}: problems", title_justify="left")
         table.add_column("file", overflow="fold")
@@ -231,21 +272,28 @@ def print_report(report: SplitReport, console: Console) -> None:
         console.print(table)
     total = int(report.pixels.sum()) + report.ignored
     if total:
-        weights = median_frequency_weights(report.pixels, report.image_pixels)
+        counts = report.class_counts()
+        rules = [WeightRule(r, rule.c if r == rule.name else WeightRule(r).c) for r in RULES]
+        columns = [counts.weights(r) for r in rules]
+        heads = {"median_frequency": "median-freq weight", "sqrt_median_frequency": "sqrt"}
         table = Table(title=f"{report.split}: class pixels", title_justify="left")
-        for name in ("id", "class", "pixels", "%", "median-freq weight"):
+        for name in ("id", "class", "pixels", "%", *(heads.get(r.name, str(r)) for r in rules)):
             table.add_column(name, justify="left" if name == "class" else "right")
-        for k, (name, n, w) in enumerate(
-            zip(report.class_names, report.pixels, weights, strict=True)
-        ):
-            table.add_row(str(k), name, f"{n:,}", f"{100 * n / total:.2f}", f"{w:.4f}")
+        for k, (name, n) in enumerate(zip(report.class_names, report.pixels, strict=True)):
+            weights = (f"{w[k]:.4f}" for w in columns)
+            table.add_row(str(k), name, f"{n:,}", f"{100 * n / total:.2f}", *weights)
         ignored = f"{100 * report.ignored / total:.2f}"
-        table.add_row(str(report.ignore_index), "(ignored)", f"{report.ignored:,}", ignored, "")
+        blank = [""] * len(rules)
+        table.add_row(str(report.ignore_index), "(ignored)", f"{report.ignored:,}", ignored, *blank)
         console.print(table)
-        # one unwrapped line, to paste as a Hydra override
+        # the rule's weights as segformer-train prints them, and one unwrapped line to paste
+        weights = counts.weights(rule)
+        line = weights_line(counts, rule, weights).replace(", not cached", "")
+        console.print(Text(line), soft_wrap=True)
         weights_list = ",".join(f"{w:.4f}" for w in weights)
         console.print(f"model.class_weights=[{weights_list}]", soft_wrap=True, highlight=False)
     _print_bands(report, console)
+    _print_nodata(report, console)
     _print_label_warnings(report, console)
     problems = f"[red]{len(report.problems)} problem(s)" if report.problems else "no problems"
     console.print(f"{report.split}: {report.samples} samples, {problems}")
@@ -266,6 +314,22 @@ def _print_bands(report: SplitReport, console: Console) -> None:
     console.print(table)
     means, stds = ",".join(f"{m:.3f}" for m in mean), ",".join(f"{s:.3f}" for s in std)
     console.print(f"data.mean=[{means}] data.std=[{stds}]", soft_wrap=True, highlight=False)
+
+
+def _print_nodata(report: SplitReport, console: Console, limit: int = 5) -> None:
+    """The no-data pixels (data.nodata) found: how many, in which files; ignored in training."""
+    if not report.nodata_files:
+        return
+    ranked = sorted(report.nodata_files, key=lambda f: -f[1])
+    files = ", ".join(f"{_relative(f, report.root)} ({n:,})" for f, n in ranked[:limit])
+    more = f", ... {len(ranked) - limit} more" if len(ranked) > limit else ""
+    console.print(
+        Text(
+            f"{report.split}: {report.nodata_pixels:,} no-data pixel(s) (NaN/inf or data.nodata) "
+            f"in {len(ranked)} image(s), ignored in the loss and 0 in the input: {files}{more}",
+            style="yellow",
+        )
+    )
 
 
 def _print_label_warnings(report: SplitReport, console: Console, limit: int = 20) -> None:

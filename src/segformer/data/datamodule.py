@@ -28,6 +28,7 @@ from segformer.data.label_checks import check_labels
 from segformer.data.labels import default_palette, value_label_map
 from segformer.data.sampler import ResumableSampler, ShardSampler
 from segformer.data.transforms import Compose, eval_transform, train_transform
+from segformer.errors import InputError, MissingFileError
 from segformer.sizes import pair
 
 
@@ -46,13 +47,14 @@ class SegmentationDataModule(L.LightningDataModule):
     config; kept as-is in `eval_settings`. seed: seeds shuffling and augmentation workers.
 
     Your own data (see data/channels.py, data/label_checks.py, transforms.train_transform):
-    in_channels, bands, keep_alpha, mean, std, max_value: how images are read and normalised
-    (`image_format`). label_map: {stored mask value: class id}, replacing the dataset's own
-    mapping; unnamed values are errors (ignore_index stays ignored). train_transforms: the
-    augmentation steps (instantiated `_target_`s; albumentations ones are wrapped), replacing
-    the paper's pipeline built from scale / ratio_range / cat_max_ratio / photometric /
-    class_uniform; Normalize and Pad to crop_size always follow. label_check_files: masks of
-    the train and val splits read at fit start to catch 0/255 masks and one-class splits (0 = off).
+    in_channels, bands, keep_alpha, mean, std, max_value, nodata: how images are read and
+    normalised (`image_format`; nodata: no-data pixels, NaN/inf included, ignored). label_map:
+    {stored mask value: class id}, replacing the dataset's own mapping; unnamed values are
+    errors (ignore_index stays ignored). train_transforms: the augmentation steps (instantiated
+    `_target_`s; albumentations ones are wrapped), replacing the paper's pipeline built from
+    scale / ratio_range / cat_max_ratio / photometric / class_uniform; Normalize and Pad to
+    crop_size always follow. label_check_files: masks of the train and val splits read at fit
+    start to catch 0/255 masks and one-class splits (0 = off).
 
     Splits: train_split may join splits with "+" ("train+val", e.g. for a final model). Grouped
     validation (data/groups.py): group is a regular expression giving each sample's group (a
@@ -97,6 +99,7 @@ class SegmentationDataModule(L.LightningDataModule):
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
         max_value: float = 255.0,
+        nodata: float | str | None = None,
         label_map: Mapping[int, int] | None = None,
         train_transforms: Sequence[Any] | None = None,
         label_check_files: int = 64,
@@ -107,7 +110,7 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0 <= ignore_index <= 255:
-            raise ValueError(f"ignore_index must fit a uint8 mask (0-255), got {ignore_index}")
+            raise InputError(f"ignore_index must fit a uint8 mask (0-255), got {ignore_index}")
         self.root = Path(root).expanduser() if root is not None else None
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
@@ -119,9 +122,9 @@ class SegmentationDataModule(L.LightningDataModule):
             train_split = "+".join(train_split)  # a list from the command line: [train,val]
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         if group is not None and group_file is not None:
-            raise ValueError("give data.group (a pattern) or data.group_file (a table), not both")
+            raise InputError("give data.group (a pattern) or data.group_file (a table), not both")
         if val_groups is not None and group is None and group_file is None:
-            raise ValueError("data.val_groups needs data.group or data.group_file")
+            raise InputError("data.val_groups needs data.group or data.group_file")
         self.group, self.group_file, self.val_groups = group, group_file, val_groups
         if val_groups is not None:  # validation is the held-out side (test keeps test_split)
             self.val_split = f"{self.train_split}:val_groups"
@@ -137,6 +140,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 "mean": mean,
                 "std": std,
                 "max_value": max_value,
+                "nodata": nodata,
             }
         )
         # stored mask value -> class id (named so, as `label_map(split)` is the dataset's own)
@@ -219,13 +223,13 @@ class SegmentationDataModule(L.LightningDataModule):
         in every error."""
         layout = f"Expected layout for {self.name}:\n{self.LAYOUT}"
         if self.root is None or not self.root.is_dir():
-            raise FileNotFoundError(f"{self.name}: dataset root {self.root} not found. {layout}")
+            raise MissingFileError(f"{self.name}: dataset root {self.root} not found. {layout}")
         try:
             samples = [s for part in split.split("+") for s in self.list_samples(part)]
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"{self.name} split {split!r}: {err}. {layout}") from err
+            raise MissingFileError(f"{self.name} split {split!r}: {err}. {layout}") from err
         if not samples:
-            raise ValueError(f"{self.name}: split {split!r} under {self.root} is empty. {layout}")
+            raise InputError(f"{self.name}: split {split!r} under {self.root} is empty. {layout}")
         return samples
 
     def groups(self, samples: list[Sample]) -> list[str]:
@@ -265,7 +269,7 @@ class SegmentationDataModule(L.LightningDataModule):
             if (lut is None) != (maps[0] is None) or (
                 lut is not None and not np.array_equal(lut, maps[0])
             ):
-                raise ValueError(f"{self.name}: splits {split!r} map mask values differently")
+                raise InputError(f"{self.name}: splits {split!r} map mask values differently")
         return maps[0]
 
     def label_lookup(self, split: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -276,7 +280,7 @@ class SegmentationDataModule(L.LightningDataModule):
         valid = set(range(self.num_classes)) | {self.ignore_index}
         bad = {raw: k for raw, k in self.value_map.items() if k not in valid}
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: data.label_map maps {bad} to class ids outside 0-"
                 f"{self.num_classes - 1} (num_classes={self.num_classes}) and ignore_index="
                 f"{self.ignore_index}"
@@ -363,7 +367,7 @@ class SegmentationDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if train:
             if len(dataset) // world < self.batch_size:
-                raise ValueError(
+                raise InputError(
                     f"{self.name}: train split {split!r} has {len(dataset)} samples, fewer than "
                     f"batch_size={self.batch_size} per process x {world} processes (the last "
                     "incomplete batch is dropped)"

@@ -15,6 +15,7 @@ from segformer.data.files import Sample
 from segformer.data.reading import read_mask
 from segformer.data.sampler import SampleKey
 from segformer.data.transforms import Transform, eval_transform
+from segformer.errors import InputError
 
 
 def unpack_key(key: int | SampleKey) -> tuple[int, np.random.Generator]:
@@ -102,14 +103,27 @@ class SegmentationDataset(Dataset):
 
     def read_files(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.samples[index]
-        image, mask = self.read_image(image_path), self.read_mask(mask_path)
+        image, nodata = self.read_image_nodata(image_path)
+        mask = self.read_mask(mask_path)
         self.check_size(image, mask, image_path, mask_path)
-        return image, mask
+        return image, self.mask_nodata(mask, nodata)
 
     def read_image(self, path: Path) -> np.ndarray:
         """(H, W, C) image of `path` (for 8-bit images and the default format: exactly
         reading.read_image, uint8 RGB)."""
         return self.image_format.read(path)
+
+    def read_image_nodata(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """`read_image` and its bool (H, W) no-data pixels (data.nodata; None: none)."""
+        return self.image_format.read_with_nodata(path)
+
+    def mask_nodata(self, mask: np.ndarray, nodata: np.ndarray | None) -> np.ndarray:
+        """The mask with the image's no-data pixels set to ignore_index."""
+        if nodata is None:
+            return mask
+        mask = mask.copy()
+        mask[nodata] = self.ignore_index
+        return mask
 
     def read_mask(self, path: Path) -> np.ndarray:
         """uint8 (H, W) train ids of mask `path`: decoded, label-mapped, range-checked."""
@@ -134,7 +148,7 @@ class SegmentationDataset(Dataset):
         unmapped = np.flatnonzero((counts > 0) & ~self.allowed_values)
         if len(unmapped):
             named = np.flatnonzero(self.allowed_values).tolist()
-            raise ValueError(
+            raise InputError(
                 f"mask {path} holds value(s) {unmapped.tolist()} ({counts[unmapped].sum()} "
                 f"pixels) that data.label_map does not map (it maps {named}); add them to the "
                 f"map, to a class id or to {self.ignore_index} to ignore them"
@@ -155,7 +169,7 @@ class SegmentationDataset(Dataset):
                 else f" Values found: {np.unique(mask[bad]).tolist()[:8]}; map stored values to "
                 "class ids with data.label_map={value: class id}"
             )
-            raise ValueError(
+            raise InputError(
                 f"mask {path} has value {mask[y, x]}{mapped} at (y={y}, x={x}) ({bad.sum()} "
                 f"such pixels) but the dataset has num_classes={k} (ids 0-{k - 1}, ignore "
                 f"{self.ignore_index}): wrong num_classes or a mask saved in another format?" + hint
@@ -164,7 +178,7 @@ class SegmentationDataset(Dataset):
     @staticmethod
     def check_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
         if mask.shape != image.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
                 f"is {image.shape[1]}x{image.shape[0]}; expected the same width x height"
             )

@@ -4,6 +4,8 @@ by name, split lists."""
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from segformer.errors import InputError, MissingFileError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless only
 
@@ -16,7 +18,7 @@ def index_files(
     """Files under `folder` whose name ends with one of `suffixes` (any case), keyed by their
     path relative to `folder` minus that suffix, e.g. "aachen/aachen_000000_000019"."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder {folder} not found")
+        raise MissingFileError(f"folder {folder} not found")
     files: dict[str, Path] = {}
     for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
         name = path.name.lower()
@@ -25,7 +27,7 @@ def index_files(
             continue
         key = path.relative_to(folder).as_posix()[: -len(suffix)]
         if key in files:
-            raise ValueError(f"{files[key]} and {path} have the same name {key!r}; keep one")
+            raise InputError(f"{files[key]} and {path} have the same name {key!r}; keep one")
         files[key] = path
     return files
 
@@ -38,14 +40,14 @@ def pair_files(
     if keys is None:
         for key, mask in masks.items():
             if key not in images:
-                raise FileNotFoundError(f"mask {mask} has no image (no image named {key!r})")
+                raise MissingFileError(f"mask {mask} has no image (no image named {key!r})")
         keys = list(images)
     pairs = []
     for key in keys:
         if key not in images:
-            raise FileNotFoundError(f"image {key!r} of the split list not found")
+            raise MissingFileError(f"image {key!r} of the split list not found")
         if key not in masks:
-            raise FileNotFoundError(f"image {images[key]} has no mask (no mask named {key!r})")
+            raise MissingFileError(f"image {images[key]} has no mask (no mask named {key!r})")
         pairs.append((images[key], masks[key]))
     return pairs
 
@@ -53,5 +55,5 @@ def pair_files(
 def read_split_list(path: Path) -> list[str]:
     """Sample keys of a split file: one per line, blank lines skipped."""
     if not path.is_file():
-        raise FileNotFoundError(f"split list {path} not found")
+        raise MissingFileError(f"split list {path} not found")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -15,6 +15,7 @@ from segformer.data.files import (
     read_split_list,
 )
 from segformer.data.labels import reduce_zero_label_map
+from segformer.errors import InputError, MissingFileError
 
 # a directory or split file per split: one path with an optional "{split}", or {split: path}
 PerSplit = str | Mapping[str, str]
@@ -63,16 +64,16 @@ class FolderDataModule(SegmentationDataModule):
         self.PALETTE = palette
         self.reduce_zero_label = reduce_zero_label
         if palette is not None and len(palette) != len(classes):
-            raise ValueError(f"palette has {len(palette)} colours for {len(classes)} classes")
+            raise InputError(f"palette has {len(palette)} colours for {len(classes)} classes")
         if reduce_zero_label and self.value_map is not None:
-            raise ValueError(
+            raise InputError(
                 "give data.reduce_zero_label or data.label_map, not both (label_map can say "
                 "0 -> 255 itself)"
             )
         if (img_dir is None) != (ann_dir is None):
-            raise ValueError("mmseg layout: give both data.img_dir and data.ann_dir")
+            raise InputError("mmseg layout: give both data.img_dir and data.ann_dir")
         if img_dir is None and (img_suffix or seg_map_suffix or split_file):
-            raise ValueError(
+            raise InputError(
                 "data.img_suffix, data.seg_map_suffix and data.split_file belong to mmseg's "
                 "layout: set data.img_dir and data.ann_dir too"
             )
@@ -83,7 +84,7 @@ class FolderDataModule(SegmentationDataModule):
     def _for_split(value: PerSplit, split: str, key: str) -> str:
         if isinstance(value, Mapping):
             if split not in value:
-                raise FileNotFoundError(f"data.{key} names no path for split {split!r}")
+                raise MissingFileError(f"data.{key} names no path for split {split!r}")
             return value[split]
         return value.replace("{split}", split)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segformer.data.files import Sample
+from segformer.errors import InputError, MissingFileError
 
 
 def _key_names(image: Path, root: Path) -> list[str]:
@@ -32,7 +33,7 @@ def read_group_table(path: Path) -> dict[str, str]:
     """``<image> <group>`` per line (comma, tab or whitespace separated; blank and # lines
     skipped); a header line ``image,group`` is allowed."""
     if not path.is_file():
-        raise FileNotFoundError(f"data.group_file {path} not found")
+        raise MissingFileError(f"data.group_file {path} not found")
     table: dict[str, str] = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
@@ -40,7 +41,7 @@ def read_group_table(path: Path) -> dict[str, str]:
             continue
         fields = [f.strip() for f in re.split(r"[,\t]|\s+", line) if f.strip()]
         if len(fields) != 2:
-            raise ValueError(f"{path}:{number}: expected '<image> <group>', got {line!r}")
+            raise InputError(f"{path}:{number}: expected '<image> <group>', got {line!r}")
         if number == 1 and fields == ["image", "group"]:
             continue
         table[fields[0]] = fields[1]
@@ -58,13 +59,13 @@ def sample_groups(
             rel = _key_names(image, root)[0]
             match = regex.search(rel)
             if match is None:
-                raise ValueError(f"data.group {pattern!r} does not match {rel!r} ({image})")
+                raise InputError(f"data.group {pattern!r} does not match {rel!r} ({image})")
             groups.append(match.group(1) if regex.groups else match.group(0))
         else:
             assert table is not None
             name = next((n for n in _key_names(image, root) if n in table), None)
             if name is None:
-                raise ValueError(f"data.group_file names no group for {image}")
+                raise InputError(f"data.group_file names no group for {image}")
             groups.append(table[name])
     return groups
 
@@ -76,7 +77,7 @@ def choose_val_groups(groups: Sequence[str], val_groups: Sequence[str] | float, 
     if isinstance(val_groups, float | int) and not isinstance(val_groups, bool):
         fraction = float(val_groups)
         if not 0.0 < fraction < 1.0:
-            raise ValueError(f"data.val_groups={val_groups}: a fraction must be in (0, 1)")
+            raise InputError(f"data.val_groups={val_groups}: a fraction must be in (0, 1)")
         order = sorted(counts)
         random.Random(seed).shuffle(order)
         chosen: set[str] = set()
@@ -88,12 +89,12 @@ def choose_val_groups(groups: Sequence[str], val_groups: Sequence[str] | float, 
         chosen = {str(g) for g in val_groups}
         unknown = sorted(chosen - set(counts))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"data.val_groups {unknown} not among the groups of the training split(s): "
                 f"{sorted(counts)}"
             )
     if len(chosen) >= len(counts):
-        raise ValueError(
+        raise InputError(
             f"data.val_groups={val_groups} holds out every group ({len(counts)}): nothing is left "
             "to train on"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segformer.data.dataset import SegmentationDataset
+from segformer.errors import InputError
 
 
 @dataclass
@@ -112,13 +113,13 @@ def check_labels(
     scan = scan_masks(dataset, indices.tolist())
     problem = None if mapped else zero_255_problem(scan, dataset.ignore_index)
     if problem:
-        raise ValueError(f"split {split!r}: {problem}")
+        raise InputError(f"split {split!r}: {problem}")
     problem = single_class_problem(scan, class_names)
     if problem is None:
         return
     whole = len(indices) == n
     if whole and strict:
-        raise ValueError(
+        raise InputError(
             f"split {split!r}: {problem}. (data.label_check_files=0 turns this check off)"
         )
     sample = "" if whole else f" ({len(indices)} of {n} masks read; segformer-check-data reads all)"

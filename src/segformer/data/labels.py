@@ -5,6 +5,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from segformer.errors import InputError
+
 
 def make_label_map(mapping: Mapping[int, int], default: int | None = None) -> np.ndarray:
     """256-entry uint8 lookup table raw mask value -> train id. Values missing from `mapping`
@@ -30,7 +32,7 @@ def value_label_map(
     for raw, train_id in mapping.items():
         raw, train_id = int(raw), int(train_id)
         if not (0 <= raw <= 255 and 0 <= train_id <= 255):
-            raise ValueError(
+            raise InputError(
                 f"data.label_map entry {raw}: {train_id}: stored values and class ids must be "
                 "0-255 (masks are 8-bit)"
             )

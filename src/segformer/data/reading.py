@@ -9,6 +9,7 @@ from PIL import Image
 
 from segformer.data.files import IMAGE_SUFFIXES, MASK_SUFFIXES
 from segformer.data.labels import rgb_to_index
+from segformer.errors import InputError, UnreadableFileError
 
 
 def _truncated_jpeg(data: bytes) -> bool:
@@ -32,7 +33,7 @@ def read_image(path: Path) -> np.ndarray:
         image = None
     # cv2 returns None for an unreadable or truncated PNG, but a truncated JPEG decodes
     if image is None or (data[:2] == b"\xff\xd8" and _truncated_jpeg(data)):
-        raise OSError(
+        raise UnreadableFileError(
             f"image {path} is corrupt or truncated ({len(data)} bytes); expected a complete "
             f"image file ({', '.join(IMAGE_SUFFIXES)})"
         )
@@ -46,19 +47,19 @@ def read_mask(path: Path, palette: np.ndarray, fill: int = 255) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):
                 if not len(palette):
-                    raise ValueError(
+                    raise InputError(
                         f"mask {path} is an RGB image but the dataset has no palette; expected "
                         "an index mask (PNG mode P or L) or a palette in the data config"
                     )
                 return rgb_to_index(np.asarray(im.convert("RGB")), palette, fill)
             mode, mask = im.mode, np.asarray(im)
     except OSError as err:  # PIL.UnidentifiedImageError included
-        raise OSError(
+        raise UnreadableFileError(
             f"mask {path} is corrupt or truncated ({err}); expected a complete lossless image "
             f"({', '.join(MASK_SUFFIXES)})"
         ) from None
     if mask.ndim != 2 or mask.max(initial=0) > 255:
-        raise ValueError(
+        raise InputError(
             f"mask {path}: expected 8-bit class ids (PNG mode P or L) or an RGB palette mask, "
             f"got mode {mode} with shape {mask.shape} and max {mask.max()}"
         )

@@ -30,6 +30,7 @@ from segformer.data.datamodule import SegmentationDataModule
 from segformer.data.dataset import make_sample, unpack_key
 from segformer.data.sampler import SampleKey
 from segformer.data.transforms import Transform, eval_transform
+from segformer.errors import InputError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # separate random streams per split
 
@@ -208,7 +209,7 @@ class SyntheticDataModule(SegmentationDataModule):
 
     def make_dataset(self, split: str, train: bool) -> Dataset:
         if split not in SPLIT_IDS:
-            raise ValueError(f"{self.name}: unknown split {split!r}; use one of {list(SPLIT_IDS)}")
+            raise InputError(f"{self.name}: unknown split {split!r}; use one of {list(SPLIT_IDS)}")
         transform = self.train_transform if train else self.eval_transform
         return SyntheticDataset(
             self.lengths[split],

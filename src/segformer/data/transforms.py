@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from segformer.data.channels import IMAGENET_MEAN01, IMAGENET_STD01
+from segformer.errors import InputError
 
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked after a threaded cv2
 # call in the main process deadlocks. Single-threaded cv2 (as mmengine does) avoids that; the
@@ -108,7 +109,7 @@ class RandomCrop:
         class_uniform: float = 0.0,
     ) -> None:
         if not 0.0 <= class_uniform <= 1.0:
-            raise ValueError(f"class_uniform is a probability (0-1), got {class_uniform}")
+            raise InputError(f"class_uniform is a probability (0-1), got {class_uniform}")
         self.size = tuple(size)
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
@@ -168,7 +169,7 @@ class RandomFlip:
 
     def __init__(self, p: float = 0.5, direction: str = "horizontal") -> None:
         if direction not in ("horizontal", "vertical"):
-            raise ValueError(f"RandomFlip direction={direction!r}; expected horizontal|vertical")
+            raise InputError(f"RandomFlip direction={direction!r}; expected horizontal|vertical")
         self.p = p
         self.direction = direction
 
@@ -348,7 +349,7 @@ class Albumentations:
         held[self.ignore_index] = True
         gained = ~held[new_mask.ravel()]
         if gained.any():
-            raise ValueError(
+            raise InputError(
                 f"{type(self.transform).__name__} gave the mask label {new_mask.ravel()[gained][0]}"
                 " that it did not hold; albumentations transforms must move labels, not make "
                 "them (nearest-neighbour masks, ignore_index fill)"

@@ -36,8 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from segformer.errors import InputError, MissingFileError
 from segformer.models.hub import resolve_checkpoint
 from segformer.models.mit import MixTransformer
+from segformer.models.network import is_segformer
 from segformer.models.variants import VARIANTS
 
 if TYPE_CHECKING:
@@ -147,11 +149,14 @@ class Checkpoint:
 
     state_dict: dict[str, torch.Tensor]
     source: str  # a key of SOURCE_LN_EPS_PRESET
-    variant: str  # "b0".."b5", inferred from the weights
+    variant: str | None  # "b0".."b5", inferred from the weights; None: another encoder
     ln_eps_preset: str  # LayerNorm eps preset of the source
-    decoder_dim: int | None  # None: encoder-only weights
+    decoder_dim: int | None  # None: encoder-only weights, or another decoder
     num_classes: int | None
     in_channels: int = 3  # input bands of the first patch embedding
+    # the encoder / decoder specs our checkpoint of another composition records (``network``);
+    # None for the paper's parts, whose shapes the weights tell
+    net: dict[str, Any] | None = None
 
 
 def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
@@ -173,10 +178,24 @@ def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
         state = _merge_kv(state)
     if source == "mmseg":
         state = _split_qkv(_linear_from_conv(state))
-    dims, depths = _encoder_shape(state, path)
     hparams = container.get("hyper_parameters", {})
-    # "ln_eps" is the name checkpoints written before 0.2 use
-    ln_eps_preset = hparams.get(
+    net = hparams.get("net")
+    if net is not None and not is_segformer(net):
+        return Checkpoint(
+            state_dict=state,
+            source=source,
+            variant=None,
+            ln_eps_preset=SOURCE_LN_EPS_PRESET[source],
+            decoder_dim=None,
+            num_classes=hparams.get("num_classes"),
+            in_channels=hparams.get("in_channels", 3),
+            net=net,
+        )
+    dims, depths = _encoder_shape(state, path)
+    # "ln_eps" is the name checkpoints written before 0.2 use, "ln_eps_preset" before the
+    # network became encoder + decoder specs
+    recorded = (net or {}).get("encoder", {}).get("ln_eps_preset")
+    ln_eps_preset = recorded or hparams.get(
         "ln_eps_preset", hparams.get("ln_eps", SOURCE_LN_EPS_PRESET[source])
     )
     head = state.get("head.proj.0.weight")
@@ -202,7 +221,7 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     if have == in_channels:
         return weight
     if have != 3:
-        raise ValueError(
+        raise InputError(
             f"only 3-channel (RGB) weights adapt to other band counts; these have {have} "
             f"input channels, the model {in_channels}"
         )
@@ -223,7 +242,7 @@ def adapt_in_channels(
     try:
         adapted = adapt_input_conv(ckpt.state_dict[INPUT_CONV], in_channels)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise InputError(f"{path}: {err}") from None
     return {**ckpt.state_dict, INPUT_CONV: adapted}
 
 
@@ -236,7 +255,7 @@ def load_encoder_weights(
     ckpt = read_checkpoint(path, revision)
     if (encoder.embed_dims, encoder.depths) != _encoder_shape(ckpt.state_dict, path):
         mine = _variant_of(encoder.embed_dims, encoder.depths, "the encoder")
-        raise ValueError(f"{path}: holds MiT-{ckpt.variant} weights, the encoder is MiT-{mine}")
+        raise InputError(f"{path}: holds MiT-{ckpt.variant} weights, the encoder is MiT-{mine}")
     prefix = "encoder."
     weights = adapt_in_channels(ckpt, encoder.in_channels, path)
     state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
@@ -265,7 +284,7 @@ def load_exact(
     ]
     if problems:
         name = type(module).__name__
-        raise ValueError(f"{path}: cannot load into {name}: " + "; ".join(problems))
+        raise InputError(f"{path}: cannot load into {name}: " + "; ".join(problems))
     module.load_state_dict(state, strict=False)
 
 
@@ -274,7 +293,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path.is_dir():
         path = _transformers_weights(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".safetensors":
             return load_file(path), {}
@@ -282,12 +301,12 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except Exception as exc:  # many types: whatever the file turned out to be
         blocked = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), None)
         if isinstance(exc, pickle.UnpicklingError) and blocked:
-            raise ValueError(
+            raise InputError(
                 f"{path}: refused to unpickle: it needs objects beyond tensors and plain "
                 f"containers, which could run code ({blocked})"
             ) from None
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({reason})") from None
+        raise InputError(f"{path}: not a PyTorch checkpoint ({reason})") from None
     container: dict[str, Any] = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj, container = obj["state_dict"], obj
@@ -295,21 +314,21 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             obj = {k.removeprefix("model."): v for k, v in obj.items() if k.startswith("model.")}
     tensors = isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
     if not (obj and tensors):
-        raise ValueError(f"{path}: no state dict of tensors in it (got {type(obj).__name__})")
+        raise InputError(f"{path}: no state dict of tensors in it (got {type(obj).__name__})")
     return obj, container
 
 
 def _transformers_weights(folder: Path) -> Path:
     config = folder / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{folder}: a directory without config.json (transformers layout)")
+        raise MissingFileError(f"{folder}: a directory without config.json (transformers layout)")
     model_type = json.loads(config.read_text()).get("model_type")
     if model_type != "segformer":
-        raise ValueError(f"{config}: model_type={model_type!r}, expected 'segformer'")
+        raise InputError(f"{config}: model_type={model_type!r}, expected 'segformer'")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+    raise MissingFileError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
 
 
 def _detect(state: dict[str, torch.Tensor], path: str | Path) -> str:
@@ -317,7 +336,7 @@ def _detect(state: dict[str, torch.Tensor], path: str | Path) -> str:
     for source, marker in _MARKERS.items():
         if any(re.fullmatch(marker, k) for k in keys):
             return source
-    raise ValueError(
+    raise InputError(
         f"{path}: not a SegFormer/MiT checkpoint of a known layout (first keys: {keys[:5]})"
     )
 
@@ -387,7 +406,7 @@ def _encoder_shape(
         block = re.compile(rf"encoder\.stages\.{i}\.blocks\.(\d+)\.")
         blocks = [int(m[1]) for k in state if (m := block.match(k))]
         if proj is None or not blocks:
-            raise ValueError(f"{path}: no weights for encoder stage {i} (patch embedding, blocks)")
+            raise InputError(f"{path}: no weights for encoder stage {i} (patch embedding, blocks)")
         dims.append(proj.shape[0])
         depths.append(max(blocks) + 1)
     return tuple(dims), tuple(depths)
@@ -397,7 +416,7 @@ def _variant_of(dims: tuple[int, ...], depths: tuple[int, ...], what: str | Path
     for name, spec in VARIANTS.items():
         if spec.embed_dims == tuple(dims) and spec.depths == tuple(depths):
             return name
-    raise ValueError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
+    raise InputError(f"{what}: embed_dims {dims}, depths {depths} match no MiT variant b0..b5")
 
 
 def _lightning_hparams(path: Path) -> dict[str, Any]:
@@ -466,7 +485,7 @@ def transformers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.T
                 name = template.format(*m.groups())
                 break
         else:
-            raise ValueError(f"no transformers name for our key {key!r}")
+            raise InputError(f"no transformers name for our key {key!r}")
         if ".attention.self.kv." in name:  # rows [0:C] key, [C:2C] value
             key_rows, value_rows = value.chunk(2)
             out[name.replace(".kv.", ".key.")] = key_rows
@@ -485,7 +504,7 @@ def transformers_config(
     spec = VARIANTS[model.variant]
     names = list(class_names) if class_names else [f"LABEL_{i}" for i in range(model.num_classes)]
     if len(names) != model.num_classes:
-        raise ValueError(f"{len(names)} class names for a model of {model.num_classes} classes")
+        raise InputError(f"{len(names)} class names for a model of {model.num_classes} classes")
     last_block = model.encoder.stages[-1].blocks[-1]
     return {
         "architectures": ["SegformerForSemanticSegmentation"],

@@ -15,6 +15,8 @@ folds into the F_i P_i as well. ``forward_reference`` is the literal computation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,13 +32,17 @@ def _pointwise(
 
 
 class AllMLPHead(nn.Module):
-    """forward(4 maps (B, C_i, H/s_i, W/s_i)) -> logits (B, num_classes, H/4, W/4)."""
+    """forward(4 maps (B, C_i, H/s_i, W/s_i)) -> logits (B, num_classes, H/4, W/4).
+
+    ``in_channels``: the C_i (the encoder's ``out_channels``); ``decoder_dim``: the paper's E."""
+
+    stride = 4  # logits at 1/4 of the input: the first map's resolution
 
     def __init__(
         self,
-        in_channels: tuple[int, ...],
-        decoder_dim: int,
+        in_channels: Sequence[int],
         num_classes: int,
+        decoder_dim: int = 256,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()

@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from segformer.errors import InputError, MissingFileError
+
 # transformers layout first; then a single weights file of another format
 TRANSFORMERS_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -70,11 +72,11 @@ def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
     parsed = parse_hub_id(path)
     if parsed is None:
         if revision is not None:
-            raise ValueError(f"{path}: revision={revision!r} is given but this is a local path")
+            raise InputError(f"{path}: revision={revision!r} is given but this is a local path")
         return Path(path).expanduser()
     repo_id, at_revision = parsed
     if at_revision and revision and at_revision != revision:
-        raise ValueError(f"{path}: revision {at_revision!r} in the id but revision={revision!r}")
+        raise InputError(f"{path}: revision {at_revision!r} in the id but revision={revision!r}")
     revision = at_revision or revision
     folder = _snapshot(repo_id, revision)
     return _checkpoint_in(folder, f"{repo_id}@{revision or 'main'}")
@@ -100,7 +102,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id}: not a local file or folder, and huggingface_hub is not installed to "
             "fetch it as a Hugging Face Hub repo id (pip install huggingface_hub, or the "
             f"'hf' extra). {_download_hint(repo_id, revision, cache)}"
@@ -123,13 +125,13 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
             folder = fetch([f"*{s}" for s in WEIGHT_SUFFIXES if s != ".safetensors"])
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id}{'@' + revision if revision else ''}: not a local file or folder, and as "
             f"a Hugging Face Hub repo id it is not in the cache {cache} while {why}. "
             f"{_download_hint(repo_id, revision, cache)}"
         ) from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id}: not a local file or folder, and no such repo on the Hugging Face Hub "
             "(or a private/gated one: log in with `hf auth login` or set HF_TOKEN)"
         ) from None
@@ -145,7 +147,7 @@ def _checkpoint_in(folder: Path, what: str) -> Path:
     if len(files) == 1:
         return files[0]
     found = ", ".join(str(p.relative_to(folder)) for p in files) or "none"
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{what} ({folder}): expected config.json with {' or '.join(TRANSFORMERS_FILES)} "
         f"(transformers layout) or a single weights file ({', '.join(WEIGHT_SUFFIXES)}); "
         f"weights files found: {found}"

@@ -8,12 +8,12 @@ convolutions accept as is and whose ``flatten(2).transpose(1, 2)`` is contiguous
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segformer.errors import InputError
 from segformer.models.variants import get_variant
 
 # LayerNorm eps: (block and stage-end norms, patch-embed and sr norms). The official code builds
@@ -166,30 +166,31 @@ class MiTStage(nn.Module):
 
 class MixTransformer(nn.Module):
     """MiT encoder: forward((B, in_channels, H, W)) -> 4 maps (B, C_i, H/s, W/s) at strides 4,
-    8, 16, 32.
+    8, 16, 32, with C_i = ``out_channels``.
 
-    The maps are channels-last views of the stage tokens (NCHW shape, no copy). ``drop_path_rate``
-    grows linearly from 0 over all blocks. ``ln_eps_preset`` is a key of ``LN_EPS_PRESETS``.
+    ``variant`` "b0".."b5" picks the shapes of the one table (``variants.VARIANTS``). The maps
+    are channels-last views of the stage tokens (NCHW shape, no copy). ``drop_path_rate`` grows
+    linearly from 0 over all blocks. ``ln_eps_preset`` is a key of ``LN_EPS_PRESETS``.
     ``freeze_stages(k)`` stops training the first k stages.
     """
 
     def __init__(
         self,
-        embed_dims: tuple[int, ...],
-        depths: tuple[int, ...],
-        num_heads: tuple[int, ...],
-        sr_ratios: tuple[int, ...],
-        mlp_ratio: int = 4,
+        variant: str = "b0",
         in_channels: int = 3,
         drop_path_rate: float = 0.1,
         ln_eps_preset: str = "official",
     ) -> None:
         super().__init__()
         if ln_eps_preset not in LN_EPS_PRESETS:
-            raise ValueError(
+            raise InputError(
                 f"ln_eps_preset={ln_eps_preset!r}; expected one of {list(LN_EPS_PRESETS)}"
             )
+        spec = get_variant(variant)
+        embed_dims, depths = spec.embed_dims, spec.depths
+        self.variant, self.ln_eps_preset = variant, ln_eps_preset
         self.embed_dims, self.depths = tuple(embed_dims), tuple(depths)
+        self.out_channels = list(embed_dims)  # the encoder contract (models/network.py)
         self.in_channels = in_channels
         self.frozen_stages = 0
         eps, plain_eps = LN_EPS_PRESETS[ln_eps_preset]
@@ -203,9 +204,9 @@ class MixTransformer(nn.Module):
                     in_ch=in_channels if i == 0 else embed_dims[i - 1],
                     dim=dim,
                     depth=depth,
-                    num_heads=num_heads[i],
-                    sr_ratio=sr_ratios[i],
-                    mlp_ratio=mlp_ratio,
+                    num_heads=spec.num_heads[i],
+                    sr_ratio=spec.sr_ratios[i],
+                    mlp_ratio=spec.mlp_ratio,
                     kernel=7 if i == 0 else 3,
                     stride=4 if i == 0 else 2,
                     drop_paths=drop_paths[first : first + depth],
@@ -215,14 +216,6 @@ class MixTransformer(nn.Module):
             )
         self.apply(_init_weights)
         self.min_input_size = _min_input_size(self.stages)
-
-    @classmethod
-    def from_variant(cls, variant: str, **kwargs: Any) -> MixTransformer:
-        """MiT-B0..B5 (``variants.VARIANTS``); ``kwargs`` go to the constructor."""
-        spec = get_variant(variant)
-        return cls(
-            spec.embed_dims, spec.depths, spec.num_heads, spec.sr_ratios, spec.mlp_ratio, **kwargs
-        )
 
     def freeze_stages(self, k: int) -> None:
         """Freeze the first ``k`` stages (patch embedding, blocks, stage norm); -1 = all four.
@@ -234,7 +227,7 @@ class MixTransformer(nn.Module):
         """
         n = len(self.stages) if k == -1 else k
         if not 0 <= n <= len(self.stages):
-            raise ValueError(f"freeze_stages={k}; expected -1 (all) or 0..{len(self.stages)}")
+            raise InputError(f"freeze_stages={k}; expected -1 (all) or 0..{len(self.stages)}")
         self.frozen_stages = n
         for i, stage in enumerate(self.stages):
             stage.requires_grad_(i >= n)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segformer.errors import InputError
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -50,5 +52,5 @@ VARIANTS: dict[str, Variant] = {
 def get_variant(name: str) -> Variant:
     """The table row of ``name`` ("b0".."b5"), with an error listing the choices."""
     if name not in VARIANTS:
-        raise ValueError(f"variant={name!r}; expected one of {', '.join(VARIANTS)}")
+        raise InputError(f"variant={name!r}; expected one of {', '.join(VARIANTS)}")
     return VARIANTS[name]

@@ -1,0 +1,1 @@
+"""A researcher's own components, outside the segformer package (README "Extend it")."""
