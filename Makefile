@@ -5,7 +5,7 @@
 
 PYTHON ?= .venv/bin/python
 TORCH_CPU ?= torch==2.13.0
-EXTRAS ?= dev,hf,onnx,sweep,robustness
+EXTRAS ?= dev,hf,onnx,sweep,robustness,geo
 # the reference image corruptions (robustness extra), without its opencv-python dependency, which
 # would overwrite opencv-python-headless's cv2 module
 CORRUPTIONS ?= imagecorruptions-imaug>=1.1.5

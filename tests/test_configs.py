@@ -341,3 +341,21 @@ def test_the_data_base_is_not_a_dataset(tmp_path: Path) -> None:
     )
     with pytest.raises(MissingConfigException, match="data/base"):
         compose_config("train", ["data=base"], tmp_path)
+
+
+def test_flat_network_keys_of_an_older_model_config_name_their_new_place(tmp_path: Path) -> None:
+    from omegaconf import open_dict
+
+    from segformer.errors import InputError
+
+    cfg = compose_config("train", ["experiment=synthetic"], tmp_path)
+    with open_dict(cfg):
+        cfg.model.decoder_dim = 128
+        cfg.model.drop_path_rate = 0.2
+        cfg.model.no_such_setting = 1
+    with pytest.raises(InputError) as err:
+        build_module(cfg, instantiate(cfg.data))
+    assert str(err.value) == (
+        "model.decoder_dim is now model.decoder.decoder_dim; model.drop_path_rate is now "
+        "model.encoder.drop_path_rate; model.no_such_setting is not a setting of SegFormerModule"
+    )

@@ -168,9 +168,7 @@ def test_a_bug_in_the_users_code_keeps_its_traceback(tmp_path: Path) -> None:
             "-m",
             "segformer.train",
             "experiment=synthetic",
-            "model.decoder._target_=buggy_heads.BuggyHead",
-            "~model.decoder.decoder_dim",
-            "~model.decoder.dropout",
+            "model.decoder._target_=buggy_heads.BuggyHead",  # one override swaps the part
             f"paths.log_dir={tmp_path / 'logs'}",
             "print_config=false",
         ],
@@ -198,6 +196,32 @@ def test_a_composed_network_keeps_the_contract(on_path: None) -> None:
     paper = EncoderDecoder(segformer_net("b0"), num_classes=3)
     assert paper.variant == "b0" and paper.min_input_size == 29
     assert any(k.startswith("head.classifier.") for k in paper.state_dict())
+
+
+def test_one_override_swaps_a_part(on_path: None) -> None:
+    """`model.decoder._target_=my_project.heads.FPNHead` leaves the default head's decoder_dim
+    and dropout beside it in the composed config: FPNHead takes neither, so they are left out
+    (and not recorded); settings it does take pass through."""
+    paper = segformer_net("b0")
+    net = EncoderDecoder(
+        {**paper, "decoder": {**paper["decoder"], "_target_": "my_project.heads.FPNHead"}},
+        num_classes=3,
+    )
+    assert net.net["decoder"] == {"_target_": "my_project.heads.FPNHead"}
+    assert net.net["encoder"] == paper["encoder"]  # the MiT keeps all its settings
+    widened = EncoderDecoder(
+        {
+            **paper,
+            "decoder": {**paper["decoder"], "_target_": "my_project.heads.FPNHead", "width": 8},
+        },
+        num_classes=3,
+    )
+    assert widened.head.classifier.in_channels == 8
+    with pytest.raises(InputError, match=r"FPNHead takes no widht \(it takes in_channels, "):
+        EncoderDecoder(  # a typo is not a default's setting: the class refuses it
+            {**paper, "decoder": {"_target_": "my_project.heads.FPNHead", "widht": 8}},
+            num_classes=3,
+        )
 
 
 @pytest.mark.parametrize(

@@ -70,9 +70,9 @@ class SegFormerModule(L.LightningModule):
             self.model = net
         else:
             spec = dict(net) if net is not None else segformer_net("b0")
-            self.hparams["net"] = spec  # the composition, recorded: checkpoints rebuild it
             self.model = EncoderDecoder(spec, num_classes, in_channels)
             self.model.check(max(64, self.model.min_input_size))
+            self.hparams["net"] = self.model.net  # what was built: checkpoints rebuild it
         if input_format is not None and input_format.get("in_channels", 3) != in_channels:
             raise InputError(
                 f"model.in_channels={in_channels} but the data gives "

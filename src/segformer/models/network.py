@@ -74,7 +74,24 @@ def instantiate(spec: Mapping[str, Any], where: str, **kwargs: Any) -> Any:
     args = {k: _built(v, f"{where}.{k}") for k, v in spec.items()}
     args.update(kwargs)
     factory = locate(target, where)
+    _check_arguments(factory, args, f"{where}._target_={target}")
     return functools.partial(factory, **args) if partial else factory(**args)
+
+
+def _check_arguments(factory: Any, args: Mapping[str, Any], where: str) -> None:
+    """An argument the target does not take is a config mistake: named, with what it takes."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(args) - set(params))
+    if unknown:
+        takes = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        raise InputError(
+            f"{where} takes no {', '.join(unknown)} (it takes {', '.join(takes) or 'nothing'})"
+        )
 
 
 def _built(value: Any, where: str) -> Any:
