@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
+from short_runs import run, short_run_settings
 
 from segformer.data.synthetic import SyntheticDataModule, generate
 
@@ -53,14 +53,6 @@ def write_dataset(root: Path, counts: dict[str, int], seed: int = 0) -> None:
                 photometric="minisblack",
             )
             Image.fromarray(mask).save(root / "masks" / split / f"{i:04d}.png")
-
-
-def run(command: list[str], cwd: Path) -> str:
-    print("$", " ".join(command), flush=True)
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def main() -> None:
@@ -90,28 +82,7 @@ def main() -> None:
     assert stats, text
     mean = [float(v) for v in stats[1].split(",")]
     std = [float(v) for v in stats[2].split(",")]
-    train = [
-        *common,
-        f"data.crop_size=[{SIZE},{SIZE}]",
-        f"data.scale=[{SIZE},{SIZE}]",
-        "data.ratio_range=[0.75,1.25]",
-        "data.cat_max_ratio=1.0",
-        "data.photometric=false",
-        "data.batch_size=8",
-        "data.val_batch_size=16",
-        "data.num_workers=2",
-        "model.head_lr_mult=1.0",
-        "optimizer.lr=1e-3",
-        "scheduler.warmup_steps=30",
-        "trainer=cpu",
-        f"trainer.max_steps={args.steps}",
-        f"trainer.val_check_interval={args.steps}",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "callbacks.prediction_grid=null",
-        "print_config=false",
-        "seed=0",
-    ]
+    train = [*common, *short_run_settings(SIZE, args.steps), "seed=0"]
     variants = {
         "4 bands (RGB + class band)": [
             "data.in_channels=4",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,6 +26,7 @@ __all__ = [
     "compose_config",
     "compose_train",
     "with_callback",
+    "write_lightning_checkpoint",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +88,20 @@ def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None
         return [*objs, callback] if cfg is not None and "model_checkpoint" in cfg else objs
 
     monkeypatch.setattr(train_mod, "instantiate_dict", patched)
+
+
+def write_lightning_checkpoint(path: Path, class_names: list[str], **settings: Any) -> Path:
+    """A seeded, untrained checkpoint in Lightning's format (what segformer-train writes);
+    ``settings``: other SegFormerModule arguments (num_classes=1: a binary network)."""
+    from segformer.module import SegFormerModule
+
+    torch.manual_seed(0)
+    settings.setdefault("num_classes", len(class_names))
+    module = SegFormerModule(class_names=class_names, **settings)
+    checkpoint = {
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+    }
+    torch.save(checkpoint, path)
+    return path

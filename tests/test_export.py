@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, write_lightning_checkpoint
 
 from segformer.export import check_onnx, export
 from segformer.models import SegFormer
@@ -126,3 +126,42 @@ def test_cli_exits_nonzero_above_tolerance(tmp_path, model_path):
     assert result.returncode != 0
     assert "differs from PyTorch" in result.stderr
     assert (tmp_path / "m.onnx").is_file()
+
+
+@pytest.fixture(scope="module")
+def binary_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A binary checkpoint (model.num_classes=1, threshold 0.4, trained BatchNorm statistics)."""
+    path = tmp_path_factory.mktemp("binary") / "binary.ckpt"
+    write_lightning_checkpoint(path, ["background", "crack"], num_classes=1, threshold=0.4)
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["state_dict"]
+    generator = torch.Generator().manual_seed(1)
+    state["model.head.bn.running_mean"].uniform_(-1, 1, generator=generator)
+    state["model.head.bn.running_var"].uniform_(0.5, 2, generator=generator)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("classes", [False, True], ids=["logits", "classes"])
+def test_export_binary_one_output(tmp_path, binary_path, classes):
+    """One logit: onnxruntime gives PyTorch's (B, 1, H, W) logits, or classes = its sigmoid above
+    the checkpoint's threshold, at sizes other than the export's; the metadata says both."""
+    overrides = [f"ckpt_path={binary_path}", f"output={tmp_path / 'b.onnx'}", "height=64"]
+    overrides += ["width=64", "check_size=[40,72]", f"classes={str(classes).lower()}"]
+    assert max(export(compose_config("export", overrides, root=tmp_path))) <= ATOL
+    model = SegFormer.from_pretrained(binary_path)
+    session = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 75, 51, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x)
+    (got,) = session.run(None, {"image": x.numpy()})
+    if classes:
+        want = (logits[:, 0].sigmoid() > 0.4).long().numpy()
+        assert (got.dtype, got.shape) == (np.int64, (2, 75, 51))
+        assert (got != want).mean() < 1e-3 and 0 < want.mean() < 1
+    else:
+        assert got.shape == (2, 1, 75, 51)
+        assert np.abs(got - logits.numpy()).max() <= ATOL
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx")).metadata_props}
+    assert (props["num_classes"], props["threshold"]) == ("1", "0.4")
+    assert json.loads(props["class_names"]) == ["background", "crack"]

@@ -217,9 +217,9 @@ def test_one_override_swaps_a_part(on_path: None) -> None:
         num_classes=3,
     )
     assert widened.head.classifier.in_channels == 8
-    with pytest.raises(InputError, match=r"FPNHead takes no widht \(it takes in_channels, "):
+    with pytest.raises(InputError, match=r"FPNHead takes no widths \(it takes in_channels, "):
         EncoderDecoder(  # a typo is not a default's setting: the class refuses it
-            {**paper, "decoder": {"_target_": "my_project.heads.FPNHead", "widht": 8}},
+            {**paper, "decoder": {"_target_": "my_project.heads.FPNHead", "widths": 8}},
             num_classes=3,
         )
 

@@ -223,3 +223,52 @@ def test_class_map_of_any_module_without_forward_logits() -> None:
         assert torch.equal(
             predict_classes(model, images, cfg), predict_logits(model, images, cfg).argmax(1)
         )
+
+
+class SoftmaxPair(nn.Module):
+    """A one-logit model as the two-class model of logits (0, x): softmax gives class 1 the
+    sigmoid of x, so its class maps are what the binary model's must be at threshold 0.5."""
+
+    def __init__(self, binary: nn.Module) -> None:
+        super().__init__()
+        self.binary = binary
+
+    def forward(self, x: Tensor) -> Tensor:
+        logit = self.binary(x)
+        return torch.cat([torch.zeros_like(logit), logit], 1)
+
+
+BINARY_MODES = [
+    InferenceConfig(),  # whole: SegFormer.predict's path (upsample_threshold)
+    InferenceConfig(scale=(96, 64), align=32),
+    InferenceConfig(mode="slide", crop=(48, 64), stride=(32, 40)),  # overlaps: logits averaged
+    InferenceConfig(scales=(0.75, 1.0, 1.5), flip=True),  # probabilities averaged
+    InferenceConfig(mode="slide", crop=(64, 64), stride=(48, 48), scales=(0.5, 1.0), flip=True),
+]
+BINARY_IDS = ["whole", "whole-resized", "slide", "multi-scale-flip", "slide-multi-scale"]
+
+
+@pytest.mark.parametrize("cfg", BINARY_MODES, ids=BINARY_IDS)
+def test_binary_blends_as_the_softmax_pair_and_thresholds_its_probability(cfg) -> None:
+    """A one-output model in every mode: its probabilities are the class-1 probabilities of the
+    equivalent softmax pair (windows, scales and flips blend alike), its class map is exactly
+    class_map(probabilities, threshold) and, at 0.5, the pair's argmax but for near-ties."""
+    from segformer.inference import class_map, predict_classes, predict_probabilities
+    from segformer.models import SegFormer
+
+    torch.manual_seed(0)
+    model = SegFormer("b0", num_classes=1).eval()
+    pair, images = SoftmaxPair(model), torch.randn(1, 3, 72, 96)
+    with torch.no_grad():
+        probs = predict_probabilities(model, images, cfg)
+        classes = predict_classes(model, images, cfg)
+        pair_probs = predict_probabilities(pair, images, cfg)
+        model.threshold = 0.55
+        other = predict_classes(model, images, cfg)
+    assert probs.shape == (1, 1, 72, 96) and classes.dtype == torch.int64
+    torch.testing.assert_close(probs[:, 0], pair_probs[:, 1], rtol=0, atol=1e-6)
+    assert torch.equal(classes, class_map(probs, 0.5))
+    assert torch.equal(other, class_map(probs, 0.55))
+    assert 0 < classes.float().mean() < 1 and not torch.equal(classes, other)
+    differ = classes != pair_probs.argmax(1)
+    assert (probs[:, 0] - 0.5).abs()[differ].le(1e-6).all()

@@ -160,3 +160,31 @@ def test_scores_on_random_maps_match_the_reference(seed: int) -> None:
     results = metric.compute()
     for key, values in _reference_scores(target, preds, 7).items():
         _close(results[key], values)
+
+
+def test_binary_means_are_the_foregrounds_with_ignored_pixels_left_out() -> None:
+    """A binary network's class map (0 background, 1 foreground): the means are the
+    foreground's IoU, Dice (= F1), precision and recall, counted by hand; ignored pixels
+    (255), whatever is predicted there, do not count."""
+    target = torch.tensor([[[1, 1, 1, 0], [0, 0, 255, 255], [1, 0, 0, 0]]])
+    preds = torch.tensor([[[1, 1, 0, 1], [1, 0, 1, 0], [1, 0, 0, 0]]])
+    # foreground: TP 3, FN 1, FP 2 over the 10 valid pixels
+    metric = SegmentationMetrics(num_classes=2, binary=True)
+    metric.update(preds, target)
+    results = metric.compute()
+    _close(results["mIoU"], 3 / 6)
+    _close(results["mDice"], 6 / 9)
+    _close(results["mFscore"], 6 / 9)
+    _close(results["mPrecision"], 3 / 5)
+    _close(results["mRecall"], 3 / 4)
+    _close(results["mAcc"], 3 / 4)
+    _close(results["aAcc"], 7 / 10)
+    _close(results["IoU"], [4 / 7, 3 / 6])  # both classes per class, as always
+    plain = SegmentationMetrics(num_classes=2)
+    plain.update(preds, target)
+    _close(plain.compute()["mIoU"], (4 / 7 + 3 / 6) / 2)
+    table = Console(record=True, width=120)
+    table.print(metrics_table(results, ["bg", "fg"], mean_label="mean (fg)"))
+    assert "mean (fg)" in table.export_text()
+    with pytest.raises(ValueError, match="binary metrics: 2 classes"):
+        SegmentationMetrics(num_classes=3, binary=True)

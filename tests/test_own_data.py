@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 from helpers import TINY, compose_config, with_callback
+from hydra.utils import instantiate
 from owndata import class_mask, folder_overrides, image_for, make_folder, write_image, write_mask
 from PIL import Image
 
 import segformer.train as train_mod
+from segformer.build import build_module
 from segformer.eval import evaluate
 from segformer.export import export
+from segformer.models import SegFormer
 from segformer.predict import predict
 
 # trainer and output settings of the tiny runs (TINY's data.* keys are the synthetic data's)
@@ -228,3 +231,49 @@ def test_accumulation_steps_see_the_same_samples_lr_and_resume(
     steps = accumulated.steps()
     assert first.steps() == {0: steps[0]}
     assert resumed.steps() == {s: steps[s] for s in (1, 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stored", "labels", "loss"),
+    [(None, [], ["loss=bce_dice"]), (lambda m: m * 255, ["data.label_map={0:0,255:1}"], [])],
+    ids=["0_1_masks", "0_255_masks_label_map"],
+)
+def test_binary_training_with_one_output(tmp_path: Path, stored, labels, loss) -> None:
+    """model.num_classes=1 on a folder of 0/1 PNG masks (0/255 through data.label_map): one
+    logit trained with BCE (+ Dice), val/mIoU is the foreground IoU (the checkpoint monitor),
+    the per-class table and the validation picture work, the threshold is kept in the
+    checkpoint, and segformer-eval of it gives the run's own validation numbers."""
+    root = make_folder(tmp_path / "data", stored=stored)
+    data = folder_overrides(root) + labels
+    binary = ["model.num_classes=1", "model.threshold=0.4", *loss]
+    cfg = compose_config("train", RUN + data + binary, tmp_path)
+    metrics = train_mod.train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert np.isfinite(metrics["train/loss"])
+    assert metrics["val/mIoU"] == metrics["val/IoU/fg"] and "val/IoU/bg" in metrics
+    assert ("train/loss_dice" in metrics) == bool(loss)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["hyper_parameters"]["threshold"] == 0.4
+    assert checkpoint["state_dict"]["model.head.classifier.weight"].shape[0] == 1
+    model = SegFormer.from_pretrained(ckpt)
+    assert (model.num_classes, model.threshold) == (1, 0.4)
+    assert "mean (fg)" in (run / "val_per_class.txt").read_text()
+    grid = np.asarray(Image.open(run / "predictions" / "latest.png"))
+    assert grid.ndim == 3 and grid.std() > 0
+    # the run validated one image (limit_val_batches=1): so does the evaluation
+    checks = [f"ckpt_path={ckpt}", *data, "trainer.limit_val_batches=1"]
+    evaluated = evaluate(compose_config("eval", checks, tmp_path))
+    assert evaluated["mIoU"] == pytest.approx(metrics["val/mIoU"])
+
+
+def test_binary_needs_two_classes_and_num_classes_null_or_1(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    three = ["data.classes=[a,b,c]", "model.num_classes=1"]
+    cfg = compose_config("train", RUN + folder_overrides(root) + three, tmp_path)
+    with pytest.raises(ValueError, match=r"num_classes=1 .* needs data of 2 classes .* has 3"):
+        build_module(cfg, instantiate(cfg.data))
+    cfg = compose_config("train", RUN + folder_overrides(root) + ["model.num_classes=3"], tmp_path)
+    with pytest.raises(ValueError, match=r"model.num_classes=3: null \(one output per class, 2"):
+        build_module(cfg, instantiate(cfg.data))

@@ -7,11 +7,10 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, write_lightning_checkpoint
 from PIL import Image
 
 from segformer.callbacks import PredictionGrid
@@ -19,9 +18,9 @@ from segformer.data.folder import FolderDataModule
 from segformer.data.labels import default_palette
 from segformer.data.reading import read_image
 from segformer.data.synthetic import SyntheticDataModule
+from segformer.data.transforms import normalize
 from segformer.inference import segment
 from segformer.models import SegFormer
-from segformer.module import SegFormerModule
 from segformer.predict import class_metadata, predict
 
 NAMES = ["sky", "road", "car", "tree", "person", "sign"]
@@ -31,19 +30,7 @@ IMAGES = {"a.png": (48, 64), "b.jpg": (48, 64), "c.png": (70, 40), "sub/d.png": 
 
 @pytest.fixture(scope="module")
 def lightning_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint in Lightning's format (what segformer-train writes), 6 classes with names."""
-    torch.manual_seed(0)
-    module = SegFormerModule(num_classes=len(NAMES), class_names=NAMES)
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save(
-        {
-            "pytorch-lightning_version": L.__version__,
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
-    return path
+    return write_lightning_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", NAMES)
 
 
 @pytest.fixture
@@ -192,3 +179,54 @@ def test_predict_errors(tmp_path, lightning_ckpt, image_dir):
         run_predict(tmp_path, [ckpt, f"input={image_dir}", "data=camvid"])
     with pytest.raises(ValueError, match="ckpt_path"):
         run_predict(tmp_path, [f"input={image_dir}"])
+
+
+@pytest.fixture(scope="module")
+def binary_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A binary checkpoint (model.num_classes=1) trained with threshold 0.45."""
+    path = tmp_path_factory.mktemp("binary") / "last.ckpt"
+    return write_lightning_checkpoint(path, ["background", "road"], num_classes=1, threshold=0.45)
+
+
+def test_predict_binary_writes_0_1_or_0_255_masks_and_probabilities(
+    tmp_path, binary_ckpt, image_dir
+):
+    """The class ids are 0 / 1 at the checkpoint's threshold (the same as segment()), 0 / 255
+    with foreground_value=255, <stem>_prob.png = round(255 p); threshold= overrides."""
+    model = SegFormer.from_pretrained(binary_ckpt)
+    assert (model.num_classes, model.threshold) == (1, 0.45)
+    ckpt, source = f"ckpt_path={binary_ckpt}", f"input={image_dir}"
+    plain = run_predict(tmp_path, [ckpt, source, f"output={tmp_path / 'plain'}"])
+    white_out = [f"output={tmp_path / 'white'}", "foreground_value=255", "probabilities=true"]
+    white = run_predict(tmp_path, [ckpt, source, *white_out])
+    other = run_predict(tmp_path, [ckpt, source, f"output={tmp_path / 'other'}", "threshold=0.6"])
+    for name in ("a", "c"):
+        image = read_image(image_dir / f"{name}.png")[None]
+        ids = np.asarray(Image.open(plain / f"{name}.png"))
+        np.testing.assert_array_equal(ids, segment(model, image)[0])
+        assert set(np.unique(ids)) == {0, 1}
+        np.testing.assert_array_equal(np.asarray(Image.open(white / f"{name}.png")), ids * 255)
+        prob = np.asarray(Image.open(white / f"{name}_prob.png"))
+        with torch.inference_mode():
+            p = model(normalize(torch.from_numpy(image))).sigmoid()[0, 0].numpy()
+        assert np.abs(prob.astype(int) - np.round(p * 255)).max() <= 1
+        np.testing.assert_array_equal(ids, p > 0.45)
+        np.testing.assert_array_equal(np.asarray(Image.open(other / f"{name}.png")), p > 0.6)
+        # the colour picture and the overlay still show class ids 0 / 1
+        np.testing.assert_array_equal(np.asarray(Image.open(white / f"{name}_color.png")), ids)
+    legend = json.loads((plain / "classes.json").read_text())
+    assert [(c["id"], c["name"]) for c in legend] == [(0, "background"), (1, "road")]
+    assert not list(plain.glob("*_prob.png"))
+
+
+def test_predict_binary_settings_are_checked(tmp_path, lightning_ckpt, binary_ckpt, image_dir):
+    source = f"input={image_dir}"
+    with pytest.raises(ValueError, match=r"foreground_value, probabilities apply to binary"):
+        run_predict(
+            tmp_path,
+            [f"ckpt_path={lightning_ckpt}", source, "foreground_value=255", "probabilities=true"],
+        )
+    with pytest.raises(ValueError, match=r"foreground_value=256: .* 1-255"):
+        run_predict(tmp_path, [f"ckpt_path={binary_ckpt}", source, "foreground_value=256"])
+    with pytest.raises(ValueError, match=r"threshold=0: .* strictly between 0 and 1"):
+        run_predict(tmp_path, [f"ckpt_path={binary_ckpt}", source, "threshold=0"])

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_config
+from children import LIMIT_FSIZE, error_line, run_command
+from helpers import compose_config, write_lightning_checkpoint
 from PIL import Image
 from torch import nn
 
@@ -148,6 +148,27 @@ def read(path: Path) -> np.ndarray:
         return src.read()
 
 
+def test_a_png_over_pillows_pixel_limit_goes_tiled(tmp_path, lightning_ckpt, monkeypatch):
+    """A PNG larger than Pillow's decompression-bomb limit (179 MPix: emulated with a lower
+    limit) is sized from its header and predicted window by window, not refused."""
+    from segformer.predict import predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(random_image(60, 80).transpose(1, 2, 0)).save(folder / "scan.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4800 px > 2x: a bomb error
+    with pytest.raises(Image.DecompressionBombError), Image.open(folder / "scan.png"):
+        pass
+    overrides = [
+        f"ckpt_path={lightning_ckpt}", f"input={folder}", f"output={tmp_path / 'out'}",
+        "precision=32-true", "device=cpu", "inference.crop=64", "inference.stride=48",
+        "tiled.min_pixels=4000",
+    ]  # fmt: skip
+    out = predict(compose_config("predict", overrides, tmp_path))
+    assert read(out / "scan.tif").shape == (1, 60, 80)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the limit is back for everything else
+
+
 @pytest.mark.slow
 def test_tiled_equals_whole_image_sliding_window_segformer(tmp_path):
     """SegFormer-B0 (random weights): the tiled class map is the project's whole-image slide
@@ -223,6 +244,36 @@ def test_georeferencing_palette_layout_and_probabilities(tmp_path):
         assert np.abs(stored - probs.numpy()).max() < tolerance
         assert_equal_but_near_ties(classes, probs)
         assert not state_path(target).exists()  # complete: no resume record left
+
+
+def test_binary_model_class_map_and_foreground_probability(tmp_path):
+    """A one-output model (binary): the class map is 1 where the sigmoid of the averaged window
+    logits exceeds the model's threshold (background, foreground colours and names), the
+    probabilities one band, the foreground's; another threshold is another signature."""
+    model = tiny(num_classes=1)
+    model.threshold = 0.45
+    source = write_geotiff(tmp_path / "scene.tif", random_image(100, 140))
+    image = ImageFormat().read(source)
+    x = normalize(torch.from_numpy(image)[None], *ImageFormat().mean_std())
+    with torch.inference_mode():
+        slide = InferenceConfig(mode="slide", crop=48, stride=32, window_batch=8)
+        p = predict_logits(model, x, slide)[0, 0].sigmoid()
+    cfg = TiledConfig(crop=48, stride=32, block_size=32, probabilities="float16")
+    names = ["background", "water"]
+    result = predict_raster(model, source, tmp_path / "classes.tif", cfg, class_names=names)
+    classes = read(result.target)[0]
+    differ = classes != (p > 0.45).numpy()
+    assert differ.mean() < 1e-3 and ((p - 0.45).abs().numpy()[differ] < NEAR_TIE).all()
+    assert 0 < classes.mean() < 1
+    with rasterio.open(result.target) as out:
+        assert len(out.colormap(1)) >= 2 and json.loads(out.tags()["SEGFORMER_CLASSES"]) == names
+    with rasterio.open(result.probabilities) as out:
+        assert out.count == 1 and out.descriptions == ("water",)
+        assert np.abs(out.read(1) - p.numpy()).max() < 1e-3
+    model.threshold = 0.6
+    again = predict_raster(model, source, tmp_path / "classes.tif", cfg, class_names=names)
+    assert again.status == "done"  # not "complete": the threshold is part of the signature
+    assert not np.array_equal(read(again.target)[0], classes)
 
 
 @pytest.mark.parametrize("case", ["uint16_bands_striped", "rgba_alpha_dropped", "gray", "float"])
@@ -382,21 +433,9 @@ def test_band_width_from_the_memory_budget():
 
 @pytest.fixture(scope="module")
 def lightning_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint as segformer-train writes it (as tests/test_predict.py), 6 named classes."""
-    from segformer.module import SegFormerModule
-
-    torch.manual_seed(0)
-    module = SegFormerModule(num_classes=6, class_names=["a", "b", "c", "d", "e", "f"])
+    """A checkpoint as segformer-train writes it, 6 named classes."""
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save(
-        {
-            "pytorch-lightning_version": L.__version__,
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
-    return path
+    return write_lightning_checkpoint(path, ["a", "b", "c", "d", "e", "f"])
 
 
 def test_predict_folder_mixes_rasters_and_photos(tmp_path, lightning_ckpt):
@@ -454,3 +493,30 @@ def test_segformer_predict_command_on_a_geotiff(tmp_path, lightning_ckpt):
     cfg = TiledConfig(crop=64, stride=48, block_size=32)
     direct = predict_raster(model, source, tmp_path / "direct.tif", cfg)
     assert (read(direct.target)[0] != classes).mean() < 1e-3
+
+
+def test_a_write_cut_short_fails_in_one_line_and_the_rerun_resumes(tmp_path, lightning_ckpt):
+    """Under a file-size limit GDAL truncates an output on close and only logs it: the command
+    reads each window back, stops with one line naming the file, and never marks the output
+    complete; run again without the limit, it finishes equal to an uninterrupted run."""
+    source = write_geotiff(tmp_path / "ortho.tif", random_image(256, 320))
+    out = tmp_path / "out"
+    args = [
+        f"ckpt_path={lightning_ckpt}", f"input={source}", f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}", "precision=32-true", "device=cpu",
+        "inference.crop=64", "inference.stride=48", "tiled.probabilities=float16",
+        "tiled.block_size=32",
+    ]  # fmt: skip
+    cut = run_command("segformer.predict", args, LIMIT_FSIZE.format(limit=60_000))
+    line = error_line(cut)
+    assert f"could not write {out / 'ortho_probs.tif'}: rows " in line
+    assert "did not read back as written" in line
+    assert state_path(out / "ortho.tif").is_file()  # not complete: a rerun resumes or restarts
+    again = run_command("segformer.predict", args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    model = SegFormer.from_pretrained(lightning_ckpt)
+    cfg = TiledConfig(crop=64, stride=48, block_size=32, probabilities="float16")
+    direct = predict_raster(model, source, tmp_path / "direct.tif", cfg)
+    np.testing.assert_array_equal(read(out / "ortho.tif"), read(direct.target))
+    # half floats: fp32 sums differing in the last bit may round to neighbouring values
+    np.testing.assert_allclose(read(out / "ortho_probs.tif"), read(direct.probabilities), atol=5e-4)

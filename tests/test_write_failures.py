@@ -1,53 +1,26 @@
 """Writes that fail (file-size limit, read-only folder): one line naming the file and the cause,
 the previous file intact and loadable, no partial file left. Each failure happens in a child
 process: RLIMIT_FSIZE (with SIGXFSZ ignored, so the write gets EFBIG) or, when the suite runs as
-root (who may write anywhere), a child that drops to an unprivileged user."""
+root (who may write anywhere), a child without the capability to override permissions."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import textwrap
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import TINY
+from children import LIMIT_FSIZE, as_unprivileged, error_line, leftovers, run_child, run_command
+from helpers import TINY, write_lightning_checkpoint
+from PIL import Image
 
 from segformer.checkpoint_io import AtomicCheckpointIO, atomic_write
-
-# the child's preamble: a file-size limit of LIMIT bytes, or an unprivileged user
-LIMIT_FSIZE = """
-import resource, signal
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
-resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-"""
-
-
-def as_unprivileged() -> list[str]:
-    """A command prefix under which permissions apply: root writes into read-only folders
-    unless the child runs without the capability to override them."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: a read-only folder is writable")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-
-
-def run_child(preamble: str, body: str, prefix: list[str] | None = None):
-    code = textwrap.dedent(preamble) + textwrap.dedent(body)
-    cmd = [*(prefix or []), sys.executable, "-c", code]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def small_checkpoint() -> dict:
     return {"global_step": 2, "state_dict": {"w": torch.zeros(4)}}
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
 SAVE_BIG = """
@@ -118,38 +91,18 @@ except OSError as err:
 
 @pytest.mark.slow
 def test_train_whose_checkpoint_cannot_be_written_says_so_in_one_line(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "segformer.train",
-        f"paths.root_dir={tmp_path}",
-        *TINY,
-        "callbacks.prediction_grid=null",
-    ]
+    args = [f"paths.root_dir={tmp_path}", *TINY, "callbacks.prediction_grid=null"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    first = run_command("segformer.train", args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "synthetic_b0").iterdir()
     last = run / "checkpoints" / "last.ckpt"
     size = last.stat().st_size  # the resumed run's logs stay far below half of it
     resume = ["ckpt_path=last", "trainer.max_steps=4"]
-    code = LIMIT_FSIZE.format(limit=size // 2) + textwrap.dedent(
-        f"""
-        import runpy, sys
-        sys.argv = {["segformer.train", *cmd[3:], *resume]!r}
-        runpy.run_module("segformer.train", run_name="__main__")
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"segformer-train: error: could not write checkpoint {last}: "), (
-        proc.stderr[-3000:]
-    )
+    limit = LIMIT_FSIZE.format(limit=size // 2)
+    line = error_line(run_command("segformer.train", [*args, *resume], limit, env=env))
+    assert line.startswith(f"segformer-train: error: could not write checkpoint {last}: "), line
     assert "file size limit" in line and "the previous last.ckpt is intact" in line
-    assert "Traceback" not in proc.stderr
     assert torch.load(last, weights_only=True)["global_step"] == 2
     assert leftovers(last.parent) == []
 
@@ -164,17 +117,109 @@ def test_onnx_export_over_the_file_size_limit_keeps_the_previous_file(tmp_path: 
     output = tmp_path / "out" / "model.onnx"
     output.parent.mkdir()
     output.write_bytes(b"the previous export")
-    args = [f"ckpt_path={weights}", f"output={output}", "height=64", "width=64"]
-    code = LIMIT_FSIZE.format(limit=1_000_000) + textwrap.dedent(
-        f"""
-        import runpy, sys
-        sys.argv = {["segformer.export", f"paths.root_dir={tmp_path}", *args]!r}
-        runpy.run_module("segformer.export", run_name="__main__")
-        """
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
+    args = [f"paths.root_dir={tmp_path}", f"ckpt_path={weights}", f"output={output}"]
+    limit = LIMIT_FSIZE.format(limit=1_000_000)
+    line = error_line(run_command("segformer.export", [*args, "height=64", "width=64"], limit))
     assert line.startswith(f"segformer-export: error: could not write ONNX model {output}: ")
     assert "file size limit" in line and "the previous model.onnx is intact" in line
     assert output.read_bytes() == b"the previous export" and leftovers(output.parent) == []
+
+
+@pytest.mark.slow
+def test_transformers_export_over_the_file_size_limit_keeps_the_previous_folder(
+    tmp_path: Path,
+) -> None:
+    """config.json and model.safetensors are replaced together or not at all: the weights (15
+    MB) exceed the limit, so the small config.json, written first, is not replaced either."""
+    from segformer.models import SegFormer
+
+    weights = tmp_path / "b0.pt"
+    torch.save(SegFormer("b0", num_classes=2).state_dict(), weights)
+    output = tmp_path / "hf"
+    output.mkdir()
+    (output / "config.json").write_text("the previous config")
+    (output / "model.safetensors").write_bytes(b"the previous weights")
+    args = [f"paths.root_dir={tmp_path}", f"ckpt_path={weights}", f"output={output}"]
+    limit = LIMIT_FSIZE.format(limit=1_000_000)
+    line = error_line(run_command("segformer.export", [*args, "format=transformers"], limit))
+    weights_out = output / "model.safetensors"
+    assert line.startswith("segformer-export: error: could not write transformers model "), line
+    assert f"{weights_out}: file size limit exceeded" in line and "EFBIG" in line
+    assert "the previous model.safetensors is intact (no partial file left)" in line
+    assert (output / "config.json").read_text() == "the previous config"
+    assert weights_out.read_bytes() == b"the previous weights" and leftovers(output) == []
+
+
+NAMES = ["background", "thing"]
+
+
+def predict_inputs(root: Path, sizes: dict[str, int]) -> tuple[Path, Path]:
+    """A checkpoint and a folder of noise images (name -> side in pixels)."""
+    ckpt = write_lightning_checkpoint(root / "last.ckpt", NAMES)
+    rng = np.random.default_rng(0)
+    for name, side in sizes.items():
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        noise = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "images" / name)
+    return ckpt, root / "images"
+
+
+def predict_args(root: Path, ckpt: Path, images: Path) -> list[str]:
+    paths = [f"paths.root_dir={root}", f"ckpt_path={ckpt}", f"input={images}"]
+    return [*paths, f"output={root / 'out'}", "precision=32-true", "device=cpu", "recursive=true"]
+
+
+def prediction_files(out: Path, stem: str) -> list[Path]:
+    return [out / f"{stem}.png", out / f"{stem}_color.png", out / f"{stem}_overlay.jpg"]
+
+
+@pytest.mark.slow
+def test_predict_into_a_read_only_folder_says_what_was_written(tmp_path: Path) -> None:
+    """sub/ of the output folder is read-only: a and b are written whole, c (in sub/) stops the
+    command with one line naming its file, the cause and the count written before it."""
+    ckpt, images = predict_inputs(tmp_path, {"a.png": 32, "b.png": 32, "sub/c.png": 32})
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub").chmod(0o555)
+    try:
+        proc = run_command(
+            "segformer.predict", predict_args(tmp_path, ckpt, images), prefix=as_unprivileged()
+        )
+    finally:
+        (out / "sub").chmod(0o755)
+    line = error_line(proc)
+    assert line == (
+        f"segformer-predict: error: could not write prediction {out}/sub/c.png: permission "
+        f"denied (errno 13 EACCES); 2 of 3 predictions were written to {out} before it stopped "
+        "(no partial file left)"
+    )
+    for stem in ("a", "b"):
+        for path in prediction_files(out, stem):
+            Image.open(path).load()  # whole, readable images
+    assert list((out / "sub").iterdir()) == [] and leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_predict_over_the_file_size_limit_writes_no_partial_prediction(tmp_path: Path) -> None:
+    """The 512 px image's outputs exceed a 100 kB file-size limit: none of its three files is
+    left (not even the ones that fit), the 32 px images' are whole, one line says so."""
+    sizes = {"a.png": 32, "b.png": 32, "c.png": 512}
+    ckpt, images = predict_inputs(tmp_path, sizes)
+    out = tmp_path / "out"
+    limit = LIMIT_FSIZE.format(limit=100_000)
+    line = error_line(run_command("segformer.predict", predict_args(tmp_path, ckpt, images), limit))
+    failed = re.fullmatch(
+        rf"segformer-predict: error: could not write prediction {re.escape(str(out))}/"
+        r"(c\.png|c_color\.png|c_overlay\.jpg): file size limit exceeded .*\(errno 27 EFBIG\); "
+        rf"2 of 3 predictions were written to {re.escape(str(out))} before it stopped "
+        r"\(no partial file left\)",
+        line,
+    )
+    assert failed, line
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["classes.json"] + [p.name for stem in ("a", "b") for p in prediction_files(out, stem)]
+    )
+    for stem in ("a", "b"):
+        for path in prediction_files(out, stem):
+            Image.open(path).load()
+    assert leftovers(out) == []

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segformer.checkpoint_io import atomic_write
 from segformer.errors import InputError
 
 
@@ -37,7 +38,7 @@ def instantiate_loggers(cfg: DictConfig | None, run_dir: Path) -> list[Any]:
             id_file = run_dir / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
             run_dir.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(run_id)
+            atomic_write(id_file, run_id, "wandb run id")
             kwargs = {"id": run_id, "resume": "allow"}
         loggers.append(instantiate(c, **kwargs))
     return loggers
@@ -56,7 +57,8 @@ def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
     """The LightningModule of ``cfg.model`` (default SegFormerModule): the network from the
     ``model.encoder`` / ``model.decoder`` specs, the optimizer, scheduler and inference groups,
     and classes, ignore index and input format taken from the data. ``model.variant`` is the
-    configs' shorthand the default specs read, not a module argument."""
+    configs' shorthand the default specs read, not a module argument. ``model.num_classes``:
+    null = one output per data class, 1 = a binary network (one sigmoid output)."""
     from hydra.utils import get_class
 
     from segformer.module import SegFormerModule
@@ -80,8 +82,14 @@ def build_module(cfg: DictConfig, datamodule: Any, **overrides: Any) -> Any:
     for group in ("optimizer", "scheduler", "inference"):
         if cfg.get(group) is not None:
             kwargs[group] = OmegaConf.to_container(cfg[group], resolve=True)
+    outputs = kwargs.pop("num_classes", None)
+    if outputs not in (None, 1, datamodule.num_classes):
+        raise InputError(
+            f"model.num_classes={outputs}: null (one output per class, {datamodule.num_classes} "
+            "for this data) or 1 (binary: one sigmoid output for 2 classes)"
+        )
     kwargs.update(
-        num_classes=datamodule.num_classes,
+        num_classes=outputs or datamodule.num_classes,
         class_names=list(datamodule.class_names),
         ignore_index=datamodule.ignore_index,
     )

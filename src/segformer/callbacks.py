@@ -8,6 +8,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from PIL import Image
 
 from segformer.budget import EXIT_SECONDS
+from segformer.checkpoint_io import atomic_files, atomic_write, image_bytes
 from segformer.data.labels import default_palette
+from segformer.models.network import label_classes
 from segformer.visualize import (
     denormalize,
     prediction_figure,
@@ -146,7 +149,7 @@ class PredictionGrid(L.Callback):
             return
         datamodule = trainer.datamodule
         palette = getattr(datamodule, "palette", None)
-        num_classes = pl_module.hparams.num_classes
+        num_classes = label_classes(pl_module.hparams.num_classes)  # binary: 2 classes, 1 output
         if palette is None:
             palette = default_palette(num_classes)
         palette = np.asarray(palette, np.uint8)
@@ -167,9 +170,12 @@ class PredictionGrid(L.Callback):
             legend_max=self.legend_max,
         )
         out_dir = Path(trainer.default_root_dir) / "predictions"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(out_dir / f"val_step{trainer.global_step:06d}.png")
-        Image.fromarray(picture).save(out_dir / "latest.png")
+        png = image_bytes(Image.fromarray(picture), "latest.png")
+        pictures = {
+            out_dir / f"val_step{trainer.global_step:06d}.png": png,
+            out_dir / "latest.png": png,
+        }
+        atomic_files(pictures, "prediction picture")  # whole files, or one line saying why not
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(
@@ -244,9 +250,8 @@ class LearningCurve(L.Callback):
         matplotlib.use("Agg")  # no display needed
         import matplotlib.pyplot as plt
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         history = {"train_loss": self.loss, "val_mIoU": self.val}
-        (out_dir / "learning_curve.json").write_text(json.dumps(history))
+        atomic_write(out_dir / "learning_curve.json", json.dumps(history), "learning curve")
         fig, ax_loss = plt.subplots(figsize=(8, 4.5), dpi=100)
         if self.loss:
             steps, loss = np.asarray(self.loss).T
@@ -273,8 +278,10 @@ class LearningCurve(L.Callback):
         ax_loss.grid(alpha=0.3)
         fig.legend(loc="upper center", ncol=2, frameon=False)
         fig.tight_layout(rect=(0, 0, 1, 0.93))
-        fig.savefig(out_dir / "learning_curve.png")
+        picture = BytesIO()
+        fig.savefig(picture, format="png")
         plt.close(fig)
+        atomic_write(out_dir / "learning_curve.png", picture.getvalue(), "learning curve")
 
     def state_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "val": self.val}

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.text import Text
 
+from segformer.checkpoint_io import atomic_write
 from segformer.cli import hydra_cli
 from segformer.data.check import check_split, print_report
 from segformer.data.class_weights import WeightRule, counts_key, parse_rule, store_counts
@@ -67,9 +68,8 @@ def check_data(cfg: DictConfig) -> int:
     console.print(f"[red]{len(bad)} bad file(s)" if bad else "[green]no bad files")
     for file in sorted(bad):  # once more at the end: the files to fix or remove
         console.print(Text(f"  {file}"))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    console.save_text(str(output_dir / "report.txt"))
+    report_text = console.export_text()
+    atomic_write(Path(cfg.paths.output_dir) / "report.txt", report_text, "check-data report")
     return len(bad)
 
 

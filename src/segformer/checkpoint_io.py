@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
+from io import BytesIO
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from PIL import Image
 
 from segformer.errors import UnwritableFileError
 
@@ -40,7 +42,8 @@ def write_failed(
     path: str | os.PathLike, err: OSError, what: str = "", kept: str | None = None
 ) -> UnwritableFileError:
     """The one-line error of a failed write of ``path``; ``kept`` says what survived (default:
-    the previous version of the file, or that there was none)."""
+    the previous version of the file, or that there was none). The error's ``errno`` is
+    ``err``'s, its ``path`` the file."""
     path = Path(path)
     if kept is None:
         kept = (
@@ -52,7 +55,7 @@ def write_failed(
         f"could not write {what + ' ' if what else ''}{path}: {write_cause(err)}; {kept} "
         "(no partial file left)"
     )
-    error.errno = err.errno
+    error.errno, error.path = err.errno, path  # not .filename: str(error) would change
     return error
 
 
@@ -83,16 +86,52 @@ def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(
-    path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], Any], what: str = ""
-) -> None:
-    """Write ``data`` (text as UTF-8, bytes, or a function writing into a binary file) to
-    ``path`` all or nothing: see ``atomic_output``. For metrics.json, run_plan.json, configs."""
-    with atomic_output(path, what) as tmp, open(tmp, "wb") as f:
-        if callable(data):
-            data(f)
-        else:
-            f.write(data.encode() if isinstance(data, str) else data)
+def atomic_files(files: Mapping[str | os.PathLike, str | bytes], what: str = "") -> None:
+    """Write several files all or nothing: each (text as UTF-8, or bytes) to a temporary file
+    beside it, fsynced; once every one is written, each is renamed over its target (a rename
+    does not run out of space). A failed write (an OSError) removes the temporary files, leaves
+    every target as it was and raises ``write_failed``'s one line naming the file. For a
+    prediction's images, a transformers folder's config and weights.
+
+    Encoded bytes rather than an encoder writing into the file: Pillow's encoders write to the
+    file descriptor and take a short write (a file-size limit or a disk filling up) for a
+    complete one, leaving a truncated file behind no error; Python's file object retries it and
+    raises."""
+    staged: list[tuple[Path, Path]] = []
+    path = None
+    try:
+        for target, data in files.items():
+            path = Path(target)
+            tmp = _tmp_beside(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((path, tmp))
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in staged:
+            os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, UnwritableFileError) or path is None:
+            raise
+        raise write_failed(path, err, what) from err
+    finally:
+        for _, tmp in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def image_bytes(image: Image.Image, path: str | os.PathLike) -> bytes:
+    """``image`` encoded in the format of ``path``'s suffix (.png, .jpg, ...), for
+    ``atomic_files`` (see there why not straight into the file)."""
+    buffer = BytesIO()
+    image.save(buffer, format=Image.registered_extensions()[Path(path).suffix.lower()])
+    return buffer.getvalue()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, what: str = "") -> None:
+    """Write ``data`` to ``path`` all or nothing (``atomic_files`` of one file): for
+    metrics.json, run_plan.json, configs, classes.json."""
+    atomic_files({path: data}, what)
 
 
 class _RecordingWriter:

@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from io import StringIO
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,8 +52,9 @@ def print_config(cfg: DictConfig, save_to: Path | None = None, show: bool = True
     if save_to is not None:
         save_to.mkdir(parents=True, exist_ok=True)
         atomic_write(save_to / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "config")
-        with (save_to / "config_tree.log").open("w") as f:
-            Console(file=f, width=120).print(tree)
+        text = StringIO()
+        Console(file=text, width=120).print(tree)
+        atomic_write(save_to / "config_tree.log", text.getvalue(), "config")
 
 
 _hydra_full_error_is_ours = False  # hydra_cli set HYDRA_FULL_ERROR, the user did not

@@ -65,10 +65,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     print_config(cfg, save_to=output_dir, show=cfg.get("print_config", False))
     datamodule = instantiate(cfg.data)
+    if cfg.get("threshold") is not None:  # a binary network's cut other than its own
+        checks["threshold"] = cfg.threshold
     net = SegFormer.from_pretrained(cfg.ckpt_path, **checks)
-    if net.num_classes != datamodule.num_classes:
+    if net.label_classes != datamodule.num_classes:
         raise InputError(
-            f"{cfg.ckpt_path}: the checkpoint predicts {net.num_classes} classes but data "
+            f"{cfg.ckpt_path}: the checkpoint predicts {net.label_classes} classes but data "
             f"'{type(datamodule).__name__}' has {datamodule.num_classes}"
         )
     if net.in_channels != datamodule.in_channels:
@@ -83,6 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         class_names=datamodule.class_names,
         ignore_index=datamodule.ignore_index,
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
+        threshold=net.threshold,
     )
     precision, reason = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
     print(f"precision {precision}: {reason}")

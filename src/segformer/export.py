@@ -10,14 +10,17 @@ Input "image": float32 (B, C, H, W), RGB scaled to [0, 1] then ImageNet-normalis
 the model metadata); for other inputs (C = the checkpoint's in_channels) the stored values
 divided by the metadata's "max_value", then normalised with its mean/std (the training
 data's). Output "logits": float32 (B, K, H, W) at the input size, or with classes=true
-"classes": int64 (B, H, W), the argmax inside the graph. The check runs onnxruntime (CPU) at
-the export size and at ``check_size`` with batch 2 and fails (non-zero exit) when the max abs
-difference of the logits exceeds ``atol``.
+"classes": int64 (B, H, W), the argmax inside the graph. A binary checkpoint
+(``model.num_classes=1``) gives one logit (K = 1; its sigmoid is the foreground probability),
+and "classes" 1 where the sigmoid exceeds its ``threshold`` (in the metadata) and 0 elsewhere.
+The check runs onnxruntime (CPU) at the export size and at ``check_size`` with batch 2 and
+fails (non-zero exit) when the max abs difference of the logits exceeds ``atol``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,13 +41,17 @@ register_resolvers()
 
 
 class ClassMap(nn.Module):
-    """SegFormer followed by the argmax over classes: (B, C, H, W) -> (B, H, W) int64."""
+    """SegFormer followed by the argmax over classes: (B, C, H, W) -> (B, H, W) int64; a binary
+    network's (one output): 1 where the sigmoid exceeds its ``threshold``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.binary = model.num_classes == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return (self.model(x)[:, 0].sigmoid() > self.model.threshold).long()
         return self.model(x).argmax(1)
 
 
@@ -96,7 +103,8 @@ def check_onnx(
     ``shapes``; returns the max abs logit difference per shape, raises above ``atol``.
 
     A class-map export is compared through the logits: every pixel's ONNX class must score
-    within 2 * atol of the PyTorch top logit (only near-ties may differ)."""
+    within 2 * atol of the PyTorch top logit (only near-ties may differ); a binary network's
+    class may differ only where its logit is within atol of the threshold's."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -110,7 +118,11 @@ def check_onnx(
         got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
         if got.shape[-2:] != ref.shape[-2:]:
             raise RuntimeError(f"{path}: output {tuple(got.shape)} for input {tuple(shape)}")
-        if output == "classes":  # how far below the top PyTorch logit each ONNX class scores
+        if output == "classes" and ref.shape[1] == 1:  # binary: flips only near the cut
+            cut = math.log(model.threshold / (1 - model.threshold))  # the threshold as a logit
+            flipped = got != (ref[:, 0].sigmoid() > model.threshold).long()
+            diff = float((ref[:, 0] - cut).abs()[flipped].max()) if flipped.any() else 0.0
+        elif output == "classes":  # how far below the top PyTorch logit each ONNX class scores
             gap = ref.amax(1) - ref.gather(1, got[:, None]).squeeze(1)  # (B, H, W)
             diff = float(gap.max()) / 2  # <= atol when the logits agree within atol
         else:
@@ -118,11 +130,19 @@ def check_onnx(
         if not diff <= atol:  # NaN fails too
             raise RuntimeError(
                 f"{path}: onnxruntime differs from PyTorch at input {tuple(shape)}: "
-                f"{'top-logit gap / 2' if output == 'classes' else 'max abs difference'} "
+                f"{measure(output == 'classes', ref.shape[1] == 1)} "
                 f"{diff:.3g} > atol {atol:g}"
             )
         diffs.append(diff)
     return diffs
+
+
+def measure(classes: bool, binary: bool) -> str:
+    """What ``check_onnx`` compares: logits, or a class map's logits (top-logit gap; binary: the
+    flipped pixels' logit distance to the threshold)."""
+    if not classes:
+        return "max abs diff"
+    return "flips' logit distance to the threshold" if binary else "top-logit gap / 2"
 
 
 def export(cfg: DictConfig) -> list[float]:
@@ -137,7 +157,7 @@ def export(cfg: DictConfig) -> list[float]:
     print_config(cfg, save_to=Path(cfg.paths.output_dir), show=cfg.get("print_config", False))
     ckpt_path, output = Path(cfg.ckpt_path).expanduser(), Path(cfg.output).expanduser()
     model = SegFormer.from_pretrained(ckpt_path)
-    names = checkpoint_class_names(ckpt_path) or [str(i) for i in range(model.num_classes)]
+    names = checkpoint_class_names(ckpt_path) or [str(i) for i in range(model.label_classes)]
     stored = checkpoint_input_format(ckpt_path)
     image_format = ImageFormat.from_dict(stored or {"in_channels": model.in_channels})
     mean, std = image_format.mean_std()  # stored units: on [0, 1] after / max_value
@@ -147,6 +167,8 @@ def export(cfg: DictConfig) -> list[float]:
         **({"variant": model.variant} if model.variant else {}),
         "num_classes": str(model.num_classes),
         "class_names": json.dumps(names),
+        # binary (one output): foreground where sigmoid(logit) > threshold
+        **({"threshold": str(model.threshold)} if model.num_classes == 1 else {}),
         "in_channels": str(model.in_channels),
         "max_value": json.dumps(scale),
         "mean": json.dumps((mean / scale).round(6).tolist()),  # on values / max_value
@@ -159,7 +181,7 @@ def export(cfg: DictConfig) -> list[float]:
         export_onnx(model, tmp, size, cfg.opset, cfg.classes, metadata)
     shapes = [(1, model.in_channels, *size), (2, model.in_channels, *cfg.check_size)]
     diffs = check_onnx(model, output, shapes, cfg.atol)
-    what = "top-logit gap / 2" if cfg.classes else "max abs diff"
+    what = measure(cfg.classes, model.num_classes == 1)
     for shape, diff in zip(shapes, diffs, strict=True):
         print(f"onnxruntime vs PyTorch at {tuple(shape)}: {what} {diff:.2e} (atol {cfg.atol:g})")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")

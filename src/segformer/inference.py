@@ -5,6 +5,11 @@ multi-scale + flip test-time augmentation, following the official SegFormer / mm
 resized bilinearly (align_corners=False) to the model input size, as mmseg's ``encode_decode``.
 Images are resized after normalisation: bilinear interpolation commutes with the per-channel
 affine normalisation, so this equals resizing the raw image (up to uint8 rounding).
+
+A model with one output channel is binary: its probability is the sigmoid of the logit, its
+class map 1 (foreground) where that exceeds the model's ``threshold`` attribute (0.5 without
+one), else 0. Every blend treats it as the softmax of the logit pair (0, x), whose class-1
+probability the sigmoid is: windows average the logit, scales and flips the probability.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import Tensor, nn
 
 from segformer.data.transforms import normalize
 from segformer.errors import InputError
-from segformer.models.upsample import resize_bilinear, upsample_argmax
+from segformer.models.upsample import resize_bilinear, upsample_argmax, upsample_threshold
 from segformer.sizes import pair
 
 Size = tuple[int, int]
@@ -89,6 +94,16 @@ def resized_shape(size: Size, scale: Scale | None, align: int | None, ratio: flo
     return h, w
 
 
+def probabilities(scores: Tensor) -> Tensor:
+    """Logits (B, K, H, W) -> probabilities: the softmax over K, the sigmoid for K = 1."""
+    return scores.sigmoid() if scores.shape[1] == 1 else scores.softmax(1)
+
+
+def threshold_of(model: nn.Module) -> float:
+    """The foreground cut of a one-output (binary) model: its ``threshold``, else 0.5."""
+    return float(getattr(model, "threshold", 0.5))
+
+
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
     return resize_bilinear(model(x), x.shape[-2:])  # (B, K, H, W) at the input size
 
@@ -141,14 +156,15 @@ def _single_pass(
 def multi_scale_inference(
     model: nn.Module, images: Tensor, cfg: InferenceConfig, out_size: Sequence[int] | None = None
 ) -> Tensor:
-    """Softmax probabilities (B, K, *out_size) averaged over ``cfg.scales`` and the flip."""
+    """Probabilities (B, K, *out_size) averaged over ``cfg.scales`` and the flip (softmax; the
+    sigmoid for one output)."""
     out_size = tuple(out_size or images.shape[-2:])
     flips = (False, True) if cfg.flip else (False,)
     passes = [(ratio, flip) for ratio in cfg.scales for flip in flips]
     probs = None
     for ratio, flip in passes:
         x = images.flip(-1) if flip else images
-        p = _single_pass(model, x, cfg, ratio, out_size).float().softmax(1)
+        p = probabilities(_single_pass(model, x, cfg, ratio, out_size).float())
         p = p.flip(-1) if flip else p  # resizing commutes with the flip
         probs = p if probs is None else probs + p
     return probs / len(passes)
@@ -160,13 +176,33 @@ def predict_logits(
     """Class scores (B, K, *out_size) for images (B, C, H, W); out_size defaults to (H, W).
 
     One pass (a single scale, no flip) returns logits; several passes return the averaged softmax
-    probabilities (what the official aug-test averages). Either way argmax gives the prediction.
+    probabilities (what the official aug-test averages). Either way argmax gives the prediction
+    (``predict_classes`` also thresholds a one-output model's).
     Gradients follow the caller's mode: wrap in ``torch.inference_mode()`` for evaluation.
     """
     out_size = tuple(out_size or images.shape[-2:])
     if len(cfg.scales) == 1 and not cfg.flip:
         return _single_pass(model, images, cfg, cfg.scales[0], out_size)
     return multi_scale_inference(model, images, cfg, out_size)
+
+
+def predict_probabilities(
+    model: nn.Module, images: Tensor, cfg: InferenceConfig, out_size: Sequence[int] | None = None
+) -> Tensor:
+    """Probabilities (B, K, *out_size): ``predict_logits``' scores, a single pass's logits
+    turned into probabilities (softmax; the sigmoid for one output)."""
+    return _as_probabilities(predict_logits(model, images, cfg, out_size), cfg)
+
+
+def _as_probabilities(scores: Tensor, cfg: InferenceConfig) -> Tensor:
+    # predict_logits gives logits for one pass, averaged probabilities for several
+    return probabilities(scores.float()) if len(cfg.scales) == 1 and not cfg.flip else scores
+
+
+def class_map(probs: Tensor, threshold: float = 0.5) -> Tensor:
+    """Probabilities (B, K, H, W) -> class map (B, H, W) int64: the argmax, or for one channel
+    (binary) 1 where the probability exceeds ``threshold``."""
+    return (probs[:, 0] > threshold).long() if probs.shape[1] == 1 else probs.argmax(1)
 
 
 def predict_classes(
@@ -182,15 +218,24 @@ def predict_classes(
     was resized first, the logits are brought to the resized input's size as mmseg does, and the
     last resize to ``out_size`` is the fused one. Sliding windows and multi-scale / flip averages
     need the full-size scores and use ``predict_logits``.
+
+    A one-output (binary) model's map is its sigmoid above ``threshold_of(model)``,
+    ``class_map(predict_probabilities(...), threshold)`` in every mode (whole image: the same
+    upsample and sigmoid, ``upsample_threshold``).
     """
     out_size = tuple(out_size or images.shape[-2:])
     one_pass = len(cfg.scales) == 1 and not cfg.flip
     if not (one_pass and cfg.mode == "whole" and hasattr(model, "forward_logits")):
-        return predict_logits(model, images, cfg, out_size).argmax(1)
+        scores = predict_logits(model, images, cfg, out_size)
+        if scores.shape[1] == 1:
+            return class_map(_as_probabilities(scores, cfg), threshold_of(model))
+        return scores.argmax(1)
     size = resized_shape(images.shape[-2:], cfg.scale, cfg.align, cfg.scales[0])
     logits = model.forward_logits(resize_bilinear(images, size))  # (B, K, h/4, w/4)
     if size != out_size:  # mmseg: logits to the resized input first, then to the label size
         logits = resize_bilinear(logits, size)
+    if logits.shape[1] == 1:
+        return upsample_threshold(logits, out_size, threshold_of(model))
     return upsample_argmax(logits, out_size)
 
 
@@ -205,6 +250,31 @@ def segment(
     """Class maps (B, H, W) int64 for images (B, H, W, C) of one size (uint8 RGB normalised with
     the ImageNet statistics, or any bands with their ``mean`` / ``std`` in stored units), on the
     model's device, in any inference mode (default: whole image at its own size)."""
-    device = next(model.parameters()).device
-    x = normalize(torch.from_numpy(images).to(device), mean, std)  # (B, C, H, W)
+    x = _normalized(model, images, mean, std)
     return predict_classes(model, x, cfg or InferenceConfig()).cpu().numpy()
+
+
+@torch.inference_mode()
+def segment_binary(
+    model: nn.Module,
+    images: np.ndarray,
+    cfg: InferenceConfig | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class maps (B, H, W) int64, foreground probabilities (B, H, W) float32) of a one-output
+    (binary) model, images as ``segment``'s; the maps are the probabilities above
+    ``threshold_of(model)``."""
+    x = _normalized(model, images, mean, std)
+    probs = predict_probabilities(model, x, cfg or InferenceConfig())
+    if probs.shape[1] != 1:
+        raise InputError(f"segment_binary takes a one-output model; this one has {probs.shape[1]}")
+    return class_map(probs, threshold_of(model)).cpu().numpy(), probs[:, 0].cpu().numpy()
+
+
+def _normalized(
+    model: nn.Module, images: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> Tensor:
+    """(B, H, W, C) stored values -> normalised (B, C, H, W) on the model's device."""
+    device = next(model.parameters()).device
+    return normalize(torch.from_numpy(images).to(device), mean, std)

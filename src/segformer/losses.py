@@ -12,9 +12,13 @@ batch has no valid pixel.
 - ``dice``: mmseg's DiceLoss (smooth 1, exponent 2): per image and class
   1 - (2 sum(p g) + smooth) / (sum(p^2) + sum(g^2) + smooth) over the valid pixels, times the
   class weight, summed over classes / K, averaged over the batch. Unlike mmseg 0.x, ignored
-  pixels are left out of the denominator too.
+  pixels are left out of the denominator too. With one logit (binary) the foreground's term
+  alone on its sigmoid, as mmseg's DiceLoss on one channel (times the foreground's weight).
 - ``lovasz``: Lovasz-softmax (Berman et al. 2018), classes present in the batch, all valid
   pixels of the batch at once (mmseg's per_image=False), class weights multiply the class terms.
+- ``bce``: binary cross-entropy with logits of a one-logit (binary, ``model.num_classes=1``)
+  network, labels 0 background / 1 foreground, averaged like ``ce`` (class weights (2,) by the
+  pixel's label). The binary counterpart of ``ce``; a softmax of logits (0, x) gives its values.
 - ``ohem``: cross-entropy on hard pixels, chosen as mmseg's OHEMPixelSampler does: with
   ``thresh``, the valid pixels whose probability of their label is below
   max(thresh, the (min_kept x B)-th smallest such probability); without it, the min_kept x B
@@ -23,7 +27,8 @@ batch has no valid pixel.
 
 ``build_loss([{name: ce, weight: 1.0}, {name: dice, weight: 0.5, smooth: 1.0}])`` returns a
 ``SegLoss`` summing the weighted terms; extra keys are the loss's keyword arguments. A term may
-also be a user's loss by ``_target_`` (see ``build_loss``).
+also be a user's loss by ``_target_`` (see ``build_loss``). A binary network trains with
+``bce`` and ``dice`` (``BINARY_LOSSES``), the others are softmax losses of 2+ logits.
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ def cross_entropy(
     return upsample_cross_entropy(logits.float(), target, ignore_index, weight)
 
 
+def binary_cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, weight: Tensor | None = None
+) -> Tensor:
+    """BCE with logits of one upsampled logit (B, 1, h, w) against labels 0 / 1, the
+    (class-weighted) mean over valid pixels; 0 without a valid pixel (valid_pixels.py)."""
+    if logits.shape[1] != 1:
+        raise InputError(f"bce takes one logit per pixel (B, 1, h, w), got {logits.shape[1]}")
+    up = resize_bilinear(logits.float(), target.shape[-2:])[:, 0]  # (B, H, W)
+    valid = target != ignore_index
+    labels = target[valid].long()
+    w = _class_weight(labels, weight)
+    total = F.binary_cross_entropy_with_logits(up[valid], labels.float(), w, reduction="sum")
+    return valid_mean(total, w.sum())
+
+
 def _upsampled_valid(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """(log-probabilities (N, K) of the valid pixels of the upsampled logits, labels (N,))."""
     up = resize_bilinear(logits.float(), target.shape[-2:])  # (B, K, H, W)
@@ -98,15 +118,20 @@ def dice_loss(
     up = resize_bilinear(logits.float(), target.shape[-2:])
     B, K = up.shape[:2]
     valid = (target != ignore_index).float().view(B, 1, -1)  # (B, 1, HW)
-    probs = up.softmax(1).view(B, K, -1) * valid
-    onehot = F.one_hot(torch.where(target == ignore_index, 0, target).long(), K)
-    onehot = onehot.view(B, -1, K).transpose(1, 2).float() * valid  # (B, K, HW)
+    if K == 1:  # binary: the foreground's probability and mask
+        probs = up.sigmoid().view(B, 1, -1) * valid
+        onehot = (target == 1).float().view(B, 1, -1) * valid
+        weight = None if weight is None else weight[1:]
+    else:
+        probs = up.softmax(1).view(B, K, -1) * valid
+        onehot = F.one_hot(torch.where(target == ignore_index, 0, target).long(), K)
+        onehot = onehot.view(B, -1, K).transpose(1, 2).float() * valid  # (B, K, HW)
     num = 2 * (probs * onehot).sum(-1) + smooth
     den = (probs.pow(exponent) + onehot.pow(exponent)).sum(-1) + smooth
     per_class = 1 - num / den  # (B, K)
     if weight is not None:
         per_class = per_class * weight.float()
-    if 0 <= ignore_index < K:  # mmseg skips a class whose id is the ignore index
+    if K > 1 and 0 <= ignore_index < K:  # mmseg skips a class whose id is the ignore index
         per_class = per_class[:, torch.arange(K, device=up.device) != ignore_index]
     return (per_class.sum(1) / K).mean()
 
@@ -169,11 +194,14 @@ def ohem_cross_entropy(
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "ce": cross_entropy,
+    "bce": binary_cross_entropy,
     "focal": focal_loss,
     "dice": dice_loss,
     "lovasz": lovasz_softmax,
     "ohem": ohem_cross_entropy,
 }
+# the losses of a binary network (one logit); the others are for 2+ logits (softmax)
+BINARY_LOSSES = ("bce", "dice")
 
 
 @dataclass
@@ -219,8 +247,11 @@ class SegLoss:
         return total
 
 
-def build_loss(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str) -> SegLoss:
-    """``SegLoss`` from config: a name ("dice"), one {name, weight, ...} or a list of them.
+def build_loss(
+    spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str, binary: bool = False
+) -> SegLoss:
+    """``SegLoss`` from config: a name ("dice"), one {name, weight, ...} or a list of them;
+    ``binary``: for a one-logit network (names from ``BINARY_LOSSES``).
 
     A term may instead be any ``_target_`` (a class or function, with its arguments beside
     ``weight`` and an optional ``name``), built once, then called as
@@ -248,6 +279,16 @@ def build_loss(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | str) -> S
             raise InputError(
                 f"model.loss entry {dict(entry, name=name)}: name must be one of "
                 f"{', '.join(LOSSES)}, or give a _target_"
+            )
+        if binary and name not in BINARY_LOSSES:
+            raise InputError(
+                f"model.loss {name}: a softmax loss of 2+ logits; a binary network "
+                f"(model.num_classes=1) trains with {' and '.join(BINARY_LOSSES)}, or a _target_"
+            )
+        if not binary and name == "bce":
+            raise InputError(
+                "model.loss bce: binary cross-entropy of one logit needs model.num_classes=1 "
+                "(binary); with one logit per class use ce"
             )
         allowed = list(inspect.signature(LOSSES[name]).parameters)[4:]
         unknown = sorted(set(entry) - set(allowed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from torch import Tensor
 from torchmetrics import Metric
 
+from segformer.checkpoint_io import atomic_write
 from segformer.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,6 +32,11 @@ class SegmentationMetrics(Metric):
     (1 + beta^2) P R / (beta^2 P + R) with beta = 1 (NaN where P or R is, so a class never
     predicted has Dice 0 but Fscore NaN); their means are nan-means too. The only state is the
     (K, K) confusion matrix, summed across processes, so the metrics are exact under DDP.
+
+    ``binary``: the two classes (background, foreground) of a binary network; the "means" (mIoU,
+    mAcc, mDice, mFscore, mPrecision, mRecall) are then the foreground's values alone (as
+    sklearn's average="binary"), so mIoU is the foreground IoU; the per-class values and aAcc
+    are as usual.
     """
 
     is_differentiable = False
@@ -38,12 +45,22 @@ class SegmentationMetrics(Metric):
     confmat: Tensor
 
     def __init__(
-        self, num_classes: int, ignore_index: int = 255, beta: float = 1.0, **kwargs: Any
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        beta: float = 1.0,
+        binary: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if binary and num_classes != 2:
+            raise InputError(
+                f"binary metrics: 2 classes (background, foreground), not {num_classes}"
+            )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.beta = beta
+        self.binary = binary
         # rows: ground truth, columns: prediction
         self.add_state(
             "confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
@@ -82,14 +99,19 @@ class SegmentationMetrics(Metric):
         recall = acc
         beta2 = self.beta**2
         fscore = (1 + beta2) * precision * recall / (beta2 * precision + recall)
+        averaged = slice(1, 2) if self.binary else slice(None)  # binary: the foreground
+
+        def mean(values: Tensor) -> Tensor:
+            return values[averaged].nanmean()
+
         return {
-            "mIoU": iou.nanmean(),
-            "mAcc": acc.nanmean(),
+            "mIoU": mean(iou),
+            "mAcc": mean(acc),
             "aAcc": tp.sum() / cm.sum(),
-            "mDice": dice.nanmean(),
-            "mFscore": fscore.nanmean(),
-            "mPrecision": precision.nanmean(),
-            "mRecall": recall.nanmean(),
+            "mDice": mean(dice),
+            "mFscore": mean(fscore),
+            "mPrecision": mean(precision),
+            "mRecall": mean(recall),
             "IoU": iou,
             "Acc": acc,
             "Dice": dice,
@@ -125,10 +147,13 @@ def per_class_results(
 
 
 def metrics_table(
-    results: dict[str, Tensor], class_names: Sequence[str], title: str = "Segmentation metrics"
+    results: dict[str, Tensor],
+    class_names: Sequence[str],
+    title: str = "Segmentation metrics",
+    mean_label: str = "mean",
 ) -> Table:
     """Per-class IoU, Acc, Dice, Fscore, Precision, Recall in % (those present in `results`),
-    "-" for NaN (absent classes), mean row and aAcc in the caption."""
+    "-" for NaN (absent classes), the means' row (named `mean_label`) and aAcc in the caption."""
     columns = [k for k in PER_CLASS if k in results]
     if len(class_names) != len(results["IoU"]):
         raise InputError(f"got {len(class_names)} class names for {len(results['IoU'])} classes")
@@ -141,7 +166,7 @@ def metrics_table(
         table.add_row(name, *(_percent(v[i]) for v in values))
     table.add_section()
     means = [_percent(float(results[PER_CLASS[k]])) for k in columns]
-    table.add_row("mean", *means, style="bold")
+    table.add_row(mean_label, *means, style="bold")
     return table
 
 
@@ -175,7 +200,10 @@ def save_confusion_matrix_png(
     confmat: Tensor, class_names: Sequence[str], path: str | Path, dpi: int = 100
 ) -> Path:
     """Write the row-normalised confusion matrix to ``path`` (PNG); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    confusion_matrix_figure(confmat, class_names).savefig(path, dpi=dpi)
-    return path
+    import matplotlib.pyplot as plt
+
+    fig, picture = confusion_matrix_figure(confmat, class_names), BytesIO()
+    fig.savefig(picture, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write(path, picture.getvalue(), "confusion matrix")
+    return Path(path)

@@ -15,13 +15,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from torch import nn
 
+from segformer.checkpoint_io import atomic_write
 from segformer.errors import InputError, NonFiniteLossError
 from segformer.inference import InferenceConfig, predict_classes
 from segformer.losses import build_loss
 from segformer.metrics import PER_CLASS, SUMMARY, SegmentationMetrics, metrics_table
 from segformer.models import EncoderDecoder, MixTransformer, segformer_net, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
-from segformer.models.network import locate
+from segformer.models.network import check_threshold, label_classes, locate
 from segformer.optim import build_scheduler, param_groups
 
 
@@ -40,6 +41,12 @@ class SegFormerModule(L.LightningModule):
     ``losses.build_loss`` terms. ``scheduler``: a ``_target_`` (any ``torch.optim.lr_scheduler``
     class or ``optim.WarmupPolyLR``) plus ``interval`` (step | epoch | validation),
     ``frequency`` and ``monitor``. ``freeze_stages``: encoder stages not trained (-1 = all).
+
+    ``num_classes``: the network's outputs, one per class; 1 is a binary network for data of two
+    classes (background, foreground): one logit, trained with BCE (``loss``: bce and dice
+    terms), foreground where its sigmoid exceeds ``threshold`` (recorded in the checkpoint), and
+    the validation means (val/mIoU ...) are the foreground's (``SegmentationMetrics(binary)``).
+    ``class_names`` and ``class_weights`` are then the two classes'.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class SegFormerModule(L.LightningModule):
         nonfinite_loss: str = "raise",
         inference: dict[str, Any] | None = None,
         input_format: dict[str, Any] | None = None,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         built = isinstance(net, nn.Module)
@@ -73,6 +81,9 @@ class SegFormerModule(L.LightningModule):
             self.model = EncoderDecoder(spec, num_classes, in_channels)
             self.model.check(max(64, self.model.min_input_size))
             self.hparams["net"] = self.model.net  # what was built: checkpoints rebuild it
+        self.model.threshold = check_threshold(threshold)  # what predict and export apply
+        binary = num_classes == 1
+        classes = label_classes(num_classes)
         if input_format is not None and input_format.get("in_channels", 3) != in_channels:
             raise InputError(
                 f"model.in_channels={in_channels} but the data gives "
@@ -85,13 +96,22 @@ class SegFormerModule(L.LightningModule):
                     f"{type(self.model.encoder).__name__} has no freeze_stages(k) method"
                 )
             self.model.encoder.freeze_stages(freeze_stages)
-        # None: the default loss path below, exactly the paper's cross-entropy
-        self.criterion = None if loss is None else build_loss(loss)
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
-        if class_weights is not None and len(class_weights) != num_classes:
+        # None: the default loss path below, exactly the paper's cross-entropy; binary: BCE
+        if binary:
+            self.criterion = build_loss("bce" if loss is None else loss, binary=True)
+        else:
+            self.criterion = None if loss is None else build_loss(loss)
+        self.class_names = list(class_names or [str(i) for i in range(classes)])
+        if binary and len(self.class_names) != 2:
+            raise InputError(
+                f"model.num_classes=1 (binary: one sigmoid output) needs data of 2 classes "
+                f"(background, foreground); the data has {len(self.class_names)}: "
+                f"{', '.join(self.class_names)}"
+            )
+        if class_weights is not None and len(class_weights) != classes:
             raise InputError(
                 f"model.class_weights has {len(class_weights)} values, expected one per class "
-                f"(num_classes={num_classes})"
+                f"({classes} classes)"
             )
         weight = None if class_weights is None else torch.tensor(class_weights).float()
         self.register_buffer("class_weight", weight, persistent=False)  # (K,) or None
@@ -109,8 +129,8 @@ class SegFormerModule(L.LightningModule):
         self.inference = InferenceConfig(
             **{k: v for k, v in (inference or {}).items() if v is not None}
         )
-        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.val_metrics = SegmentationMetrics(classes, ignore_index, binary=binary)
+        self.test_metrics = SegmentationMetrics(classes, ignore_index, binary=binary)
         self.best_miou = -math.inf
         self.run_plan: dict[str, Any] | None = None  # set by segformer-train (train.plan_run)
         # (scheduler, monitor) of a scheduler with interval "validation", and its resumed state
@@ -129,7 +149,8 @@ class SegFormerModule(L.LightningModule):
         gradients) for a batch without a labelled pixel (models/valid_pixels.py). On the CPU it
         runs in row bands, so the full-resolution logits never exist there; on other devices
         ATen's fused interpolate + cross-entropy are faster (see ``models/upsample.py``).
-        With ``model.loss`` set, the weighted terms of ``losses.build_loss`` instead."""
+        With ``model.loss`` set (or a binary network: BCE), the weighted terms of
+        ``losses.build_loss`` instead."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
             if self.criterion is not None:
                 return self.criterion(
@@ -378,11 +399,12 @@ class SegFormerModule(L.LightningModule):
         in wandb."""
         title = f"{split} (step {self.global_step})"
         console = Console(record=True)
-        console.print(metrics_table(results, self.class_names, title=title))
+        binary = self.hparams.num_classes == 1
+        mean_label = "mean (fg)" if binary else "mean"
+        console.print(metrics_table(results, self.class_names, title, mean_label))
         if self._trainer is not None:
             out = Path(self.trainer.default_root_dir) / f"{split}_per_class.txt"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(console.export_text())
+            atomic_write(out, console.export_text(), "per-class table")
         columns = list(PER_CLASS)
         values = [results[k].tolist() for k in columns]
         rows = [[name, *(v[i] for v in values)] for i, name in enumerate(self.class_names)]

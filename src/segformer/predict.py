@@ -10,7 +10,10 @@ Per image, at its original resolution: <stem>.png (class ids, 8-bit grey), <stem
 <stem>_overlay.jpg; classes.json lists id, name and colour. Class names and palette come from
 ``data=`` if given; without it the names come from the checkpoint (Lightning hyper-parameters,
 transformers id2label) or are numbers, and the colours are the PASCAL VOC colour map
-(``data.labels.default_palette``, as in training's prediction grids).
+(``data.labels.default_palette``, as in training's prediction grids). A binary checkpoint
+(``model.num_classes=1``) gives ids 0 / 1, foreground where the sigmoid exceeds its threshold
+(``threshold=`` to change it); ``foreground_value=255`` writes 0 / 255 in <stem>.png, and
+``probabilities=true`` adds <stem>_prob.png, the foreground probability x 255.
 
 Rasters too large for memory and georeferenced TIFFs (``tiled.enabled=auto``; with the geo
 extra, rasterio) are read, segmented and written window by window instead
@@ -21,6 +24,11 @@ grow with the raster; an interrupted run continues where it stopped (``tiled.res
 An unreadable image (corrupt, truncated, empty, not an image) is skipped: every other prediction
 is written, the skipped files are listed at the end and the command exits 1 (``strict=false``:
 a warning and exit 0). Images of any size run, a 1x1 thumbnail too (``models.network.pad_small``).
+
+Every output but the tiled GeoTIFFs (updated in place, to resume) is written beside its target
+and renamed over it, an image's files together (``checkpoint_io.atomic_files``): a write that
+fails (read-only folder, disk full, quota, file-size limit) leaves no partial file and stops the
+command with one line naming the file, the cause and how many predictions were written before.
 """
 
 from __future__ import annotations
@@ -46,14 +54,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from segformer.checkpoint_io import atomic_files, atomic_write, image_bytes, write_failed
 from segformer.cli import hydra_cli, print_config
 from segformer.data.channels import TIFF_SUFFIXES, ImageFormat
 from segformer.data.files import IMAGE_SUFFIXES
 from segformer.data.labels import default_palette
-from segformer.errors import InputError, MissingFileError, UnreadableFileError
-from segformer.inference import InferenceConfig, segment
+from segformer.data.reading import image_header
+from segformer.errors import (
+    InputError,
+    MissingFileError,
+    UnreadableFileError,
+    UnwritableFileError,
+)
+from segformer.inference import InferenceConfig, segment, segment_binary
 from segformer.models import SegFormer
 from segformer.models.convert import checkpoint_class_names, checkpoint_input_format
+from segformer.models.network import check_threshold
 from segformer.precision import resolve_precision, select_device
 from segformer.resolvers import register_resolvers
 from segformer.visualize import colorize, display_rgb, overlay
@@ -100,7 +116,7 @@ def image_size(path: Path) -> tuple[int, int]:
         except (tifffile.TiffFileError, ValueError, IndexError) as err:
             raise UnreadableFileError(f"cannot read image {path}: {err}") from None
     try:
-        with Image.open(path) as im:
+        with image_header(path) as im:
             w, h = im.size
             rotated = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
     except OSError as err:  # PIL.UnidentifiedImageError included
@@ -136,6 +152,33 @@ def class_metadata(cfg: DictConfig, path: Path, num_classes: int) -> tuple[list[
     return names, default_palette(num_classes)
 
 
+def binary_options(cfg: DictConfig, path: Path, model: torch.nn.Module) -> tuple[int, bool]:
+    """(foreground_value, probabilities) for a binary checkpoint (one output), whose threshold
+    ``threshold`` replaces when given; other checkpoints refuse these settings."""
+    threshold = cfg.get("threshold")
+    value, probabilities = cfg.get("foreground_value", 1), bool(cfg.get("probabilities", False))
+    if model.num_classes != 1:
+        settings = {
+            "threshold": threshold is not None,
+            "foreground_value": value != 1,
+            "probabilities": probabilities,
+        }
+        given = [key for key, set_ in settings.items() if set_]
+        if given:
+            raise InputError(
+                f"{path}: {', '.join(given)} apply to binary checkpoints (trained with "
+                f"model.num_classes=1); this one predicts {model.num_classes} classes"
+            )
+        return 1, False
+    if threshold is not None:
+        model.threshold = check_threshold(threshold)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        raise InputError(
+            f"foreground_value={value!r}: the value of foreground pixels in <stem>.png, 1-255"
+        )
+    return value, probabilities
+
+
 def input_format(cfg: DictConfig, path: Path, in_channels: int) -> ImageFormat:
     """How to read and normalise the inputs: ``data=``'s settings if given, else those stored
     in the checkpoint at training, else 8-bit RGB with ImageNet statistics (for other band
@@ -166,17 +209,28 @@ def write_prediction(
     palette: np.ndarray,
     alpha: float = 0.5,
     overlay_format: str = "jpg",
+    foreground_value: int = 1,
+    probability: np.ndarray | None = None,
 ) -> None:
     """``target``.png (ids), ``target``_color.png (palette PNG) and ``target``_overlay.<fmt>;
-    ``image`` is shown through ``display_rgb`` (first three bands, 16-bit stretched)."""
+    ``image`` is shown through ``display_rgb`` (first three bands, 16-bit stretched). The three
+    are written all or nothing (``checkpoint_io.atomic_files``): a failed write leaves no partial
+    file and the previous ones as they were. A binary model's ``target``.png holds 0 and
+    ``foreground_value``; with its ``probability`` (H, W) in [0, 1] also ``target``_prob.png,
+    round(255 p) in 8-bit grey."""
     ids_path, color_path, overlay_path = output_files(target, overlay_format)
     ids = Image.fromarray(pred.astype(np.uint8))  # mode L
-    ids.save(ids_path)
     color = ids.copy()
     color.putpalette(palette.reshape(-1).tolist())  # L -> P, the same bytes
-    color.save(color_path)
     view = display_rgb(image)
-    Image.fromarray(overlay(view, colorize(pred, palette), alpha)).save(overlay_path)
+    shown = Image.fromarray(overlay(view, colorize(pred, palette), alpha))
+    images = {ids_path: ids, color_path: color, overlay_path: shown}
+    if foreground_value != 1:  # binary: 0 / foreground_value, e.g. 255 (black and white)
+        images[ids_path] = Image.fromarray((pred * foreground_value).astype(np.uint8))
+    if probability is not None:
+        prob_path = target.with_name(f"{target.name}_prob.png")
+        images[prob_path] = Image.fromarray(np.round(probability * 255).astype(np.uint8))
+    atomic_files({path: image_bytes(im, path) for path, im in images.items()}, "prediction")
 
 
 def output_files(target: Path, overlay_format: str = "jpg") -> list[Path]:
@@ -235,18 +289,19 @@ def predict(cfg: DictConfig) -> Path:
     bf16 = precision.startswith("bf16")
     if model.num_classes > 256:
         raise InputError(f"{ckpt_path}: {model.num_classes} classes do not fit an 8-bit PNG")
-    names, palette = class_metadata(cfg, ckpt_path, model.num_classes)
+    names, palette = class_metadata(cfg, ckpt_path, model.label_classes)
+    foreground_value, probabilities = binary_options(cfg, ckpt_path, model)
     image_format = input_format(cfg, ckpt_path, model.in_channels)
     mean, std = image_format.mean_std()
     settings = OmegaConf.to_container(cfg.inference, resolve=True)
     inference = InferenceConfig(**{k: v for k, v in settings.items() if v is not None})
 
-    output.mkdir(parents=True, exist_ok=True)
     legend = [
         {"id": i, "name": name, "color": color}
         for i, (name, color) in enumerate(zip(names, palette.tolist(), strict=True))
     ]
-    (output / "classes.json").write_text("[\n" + ",\n".join(map(json.dumps, legend)) + "\n]\n")
+    legend_text = "[\n" + ",\n".join(map(json.dumps, legend)) + "\n]\n"
+    atomic_write(output / "classes.json", legend_text, "class list")
     console = Console()
     columns = (
         TextColumn("{task.description}"),
@@ -272,6 +327,7 @@ def predict(cfg: DictConfig) -> Path:
                 io.submit(read_images, batches[0], skipped, image_format.read) if batches else None
             )
             writing: deque[Future] = deque()
+            written = sum(path not in skipped for path in tiled)  # outputs all on disk
             for i, batch in enumerate(batches):
                 loaded = ahead.result()
                 if i + 1 < len(batches):
@@ -282,17 +338,35 @@ def predict(cfg: DictConfig) -> Path:
                     group = [(p, im) for p, im in loaded if im.shape == shape]
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         pixels = np.stack([im for _, im in group])
-                        preds = segment(model, pixels, inference, mean, std)
-                    for (path, image), pred in zip(group, preds, strict=True):
-                        targets[path].parent.mkdir(parents=True, exist_ok=True)
+                        if probabilities:  # binary: the foreground probability too
+                            preds, probs = segment_binary(model, pixels, inference, mean, std)
+                        else:
+                            preds = segment(model, pixels, inference, mean, std)
+                            probs = [None] * len(preds)
+                    for (path, image), pred, prob in zip(group, preds, probs, strict=True):
                         args = (targets[path], image, pred, palette, cfg.alpha)
-                        writing.append(io.submit(write_prediction, *args, cfg.overlay_format))
+                        extra = (cfg.overlay_format, foreground_value, prob)
+                        writing.append(io.submit(write_prediction, *args, *extra))
                 while len(writing) > 2 * cfg.batch_size or (i + 1 == len(batches) and writing):
-                    writing.popleft().result()  # a failed write raises here
+                    try:
+                        writing.popleft().result()  # a failed write raises here
+                    except UnwritableFileError as err:
+                        raise writing_stopped(err, writing, written, len(images), output) from None
+                    written += 1
                     progress.advance(task)
     console.print(f"{len(images) - len(skipped)} image(s) segmented into {output}")
     report_skipped(skipped, len(images), output, cfg.get("strict", True), console)
     return output
+
+
+def writing_stopped(
+    err: UnwritableFileError, pending: deque[Future], written: int, total: int, output: Path
+) -> UnwritableFileError:
+    """The one line of a prediction write that failed (``err``), saying how many predictions
+    are complete: ``written`` before it and those of ``pending`` that finish without error."""
+    written += sum(future.exception() is None for future in pending)  # waits for them
+    kept = f"{written} of {total} predictions were written to {output} before it stopped"
+    return write_failed(err.path, err.__cause__, "prediction", kept)
 
 
 def tiled_inputs(

@@ -10,7 +10,8 @@ says, cut into the same overlapping crop windows as ``sliding_window_inference``
 image would be (same grid, the last window of a row or column ending at the border), run
 ``window_batch`` windows per forward, and the overlaps are averaged on the logits, as there. A
 row of output pixels is final once the last window row covering it has run: it is then written
-(argmax, optionally softmax probabilities) and its logits dropped. So at most one strip of
+(argmax, optionally softmax probabilities; a one-output binary model: its sigmoid above the
+model's ``threshold``, and that sigmoid) and its logits dropped. So at most one strip of
 ``crop`` rows of class scores is held, ``K x crop_h x band width`` float32. A raster wider than
 ``TiledConfig.buffer_mb`` allows is processed in column bands (band seams on output-tile
 boundaries, at a place a single window column straddles, whose windows run for both bands).
@@ -20,10 +21,10 @@ one strip of raw input rows; none of it grows with the raster (``benchmarks/rast
 
 Outputs, both tiled (``block_size``) deflate GeoTIFFs (BigTIFF when needed) with the input's CRS
 and transform (or GCPs): the class map (uint8 class ids, the palette as its colour map, class
-255 = nodata) and optionally the probabilities (one band per class, uint8 = round(255 p) or
-float16). Pixels equal to the input's nodata value (in every band read) are classed 255 and
-shown to the model as the mean colour (0 after normalisation); non-finite pixels that are not
-nodata stop the run with an error naming the file and the place.
+255 = nodata) and optionally the probabilities (one band per class, binary: the foreground's;
+uint8 = round(255 p) or float16). Pixels equal to the input's nodata value (in every band read)
+are classed 255 and shown to the model as the mean colour (0 after normalisation); non-finite
+pixels that are not nodata stop the run with an error naming the file and the place.
 
 Resume: every write (a block-aligned run of rows of one band) is recorded in a sidecar
 ``<target>.resume.json`` with a signature of the input file, the weights and the settings. A
@@ -62,9 +63,11 @@ from torch import nn
 
 from segformer.data.channels import TIFF_SUFFIXES, ImageFormat
 from segformer.data.labels import default_palette
+from segformer.data.reading import image_header
 from segformer.data.transforms import normalize
-from segformer.errors import InputError, UnreadableFileError, UserError
-from segformer.inference import InferenceConfig, _window_starts
+from segformer.errors import InputError, UnreadableFileError, UnwritableFileError, UserError
+from segformer.inference import InferenceConfig, _window_starts, probabilities, threshold_of
+from segformer.models.network import label_classes
 from segformer.models.upsample import resize_bilinear
 from segformer.sizes import pair
 
@@ -368,6 +371,7 @@ class _Outputs:
     def __init__(
         self, rio: Any, target: Path, probs: Path | None, cfg: TiledConfig, classes: int
     ) -> None:
+        # classes: the model's outputs (one probability band each; 1 = binary, the foreground's)
         self.rio, self.target, self.probs, self.cfg, self.classes = rio, target, probs, cfg, classes
 
     def create(
@@ -399,7 +403,7 @@ class _Outputs:
             nodata=NODATA_CLASS if masked else None,
             **base,
         ) as dst:
-            colormap = {i: (*map(int, palette[i]), 255) for i in range(self.classes)}
+            colormap = {i: (*map(int, palette[i]), 255) for i in range(label_classes(self.classes))}
             if masked:
                 colormap[NODATA_CLASS] = (0, 0, 0, 0)
             dst.write_colormap(1, colormap)
@@ -416,22 +420,56 @@ class _Outputs:
             self.probs, "w", count=self.classes, interleave="band", **kind, **base
         ) as dst:
             for i in range(self.classes):
-                dst.set_band_description(i + 1, names[i] if names is not None else f"class {i}")
+                k = 1 if self.classes == 1 else i  # binary: the foreground's probability
+                dst.set_band_description(i + 1, names[k] if names is not None else f"class {k}")
 
     def write(self, classes: np.ndarray, probs: np.ndarray | None, row0: int, col0: int) -> None:
         from rasterio.windows import Window
 
         window = Window(col0, row0, classes.shape[1], classes.shape[0])
-        # opened and closed per write: what is written is on disk with a valid TIFF directory
-        with self.rio.open(self.target, "r+") as dst:
-            dst.write(classes[None], window=window)
-        if self.probs is not None and probs is not None:
-            with self.rio.open(self.probs, "r+") as dst:
-                dst.write(probs, window=window)
+        for path, data in ((self.target, classes[None]), (self.probs, probs)):
+            if path is None or data is None:
+                continue
+            # opened and closed per write: what is written is on disk with a valid TIFF directory
+            with self.rio.open(path, "r+") as dst:
+                dst.write(data, window=window)
+            self._check_written(path, data, window)
+
+    def _check_written(self, path: Path, data: np.ndarray, window: Any) -> None:
+        """GDAL reports a failed flush on close (disk full, file-size limit) as a log line, not
+        an error: read the window back, so a truncated output is never marked complete."""
+        try:
+            with self.rio.open(path) as dst:
+                back = dst.read(window=window)
+            same = (
+                np.array_equal(back, data)
+                if np.issubdtype(data.dtype, np.integer)
+                else np.allclose(back, data, rtol=1e-3, atol=1e-4)  # stored as half floats
+            )
+        except self.rio.errors.RasterioError:
+            same = False
+        if not same:
+            rows = f"rows {window.row_off}-{window.row_off + window.height}"
+            raise UnwritableFileError(
+                f"could not write {path}: {rows} did not read back as written (disk full or a "
+                "file-size limit?); the windows written before are kept: free space and run "
+                "the same command again to resume"
+            )
 
     def finish(self, signature: str) -> None:
         with self.rio.open(self.target, "r+") as dst:
             dst.update_tags(**{SIGNATURE_TAG: signature})
+
+    def readable(self) -> bool:
+        """Whether the outputs exist and open (a failed write may have cut one short)."""
+        try:
+            for path in (self.target, self.probs):
+                if path is not None:
+                    with self.rio.open(path):
+                        pass
+        except self.rio.errors.RasterioError:
+            return False
+        return True
 
     def complete(self, signature: str) -> bool:
         """Whether the outputs exist and were finished with this signature."""
@@ -475,6 +513,7 @@ def _signature(
         "dtypes": list(src.dtypes),
         "nodata": repr(src.nodata),
         "model": _model_digest(model),
+        "threshold": threshold_of(model),
         "classes": classes,
         "format": fmt.to_dict(),
         "config": asdict(cfg),
@@ -541,17 +580,18 @@ def predict_raster(
             ) from None
         reader = _Reader(src, source, fmt)
         crop = (min(cfg.crop[0], src.height), min(cfg.crop[1], src.width))
-        classes = _num_classes(model, fmt.in_channels, crop, device)
+        classes = _num_classes(model, fmt.in_channels, crop, device)  # outputs: 1 = binary
+        shown = label_classes(classes)  # the class map's (binary: background, foreground)
         masked = reader.nodata is not None
         if classes > 256 or (masked and classes > NODATA_CLASS):
             raise InputError(
                 f"{classes} classes do not fit the uint8 class map"
                 + (f" beside nodata {NODATA_CLASS}" if masked else "")
             )
-        palette = default_palette(classes) if palette is None else np.asarray(palette, np.uint8)
-        if len(palette) < classes or (class_names is not None and len(class_names) != classes):
+        palette = default_palette(shown) if palette is None else np.asarray(palette, np.uint8)
+        if len(palette) < shown or (class_names is not None and len(class_names) != shown):
             raise InputError(
-                f"{classes} classes, but {len(palette)} palette colours and "
+                f"{shown} classes, but {len(palette)} palette colours and "
                 f"{'no' if class_names is None else len(class_names)} class names"
             )
         plan = TilePlan.build(src.height, src.width, cfg, classes)
@@ -568,12 +608,7 @@ def predict_raster(
                 windows, total, status, note, time.perf_counter() - start,
             )  # fmt: skip
 
-        resumable = (
-            state is not None
-            and state.get("signature") == signature
-            and target.is_file()
-            and (probs_target is None or probs_target.is_file())
-        )
+        resumable = state is not None and state.get("signature") == signature and outputs.readable()
         if resumable:
             done = [int(d) for d in state["done"]]
             status = "resumed"
@@ -621,6 +656,7 @@ class _BandRunner:
     ) -> None:
         self.model, self.reader, self.plan, self.cfg = model, reader, plan, cfg
         self.outputs, self.classes, self.device = outputs, classes, device
+        self.threshold = threshold_of(model)  # one output (binary): the foreground's cut
         self.report = report
         self.windows_run = 0
 
@@ -698,10 +734,13 @@ class _BandRunner:
     def _classes_and_probs(
         self, scores: torch.Tensor, mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        classes = scores.argmax(0).to(torch.uint8).cpu().numpy()
+        # binary: the sigmoid above the threshold (inference.class_map)
+        binary = len(scores) == 1
+        chosen = scores[0].sigmoid() > self.threshold if binary else scores.argmax(0)
+        classes = chosen.to(torch.uint8).cpu().numpy()
         probs = None
         if self.cfg.probabilities is not None:
-            p = scores.softmax(0)
+            p = probabilities(scores[None])[0]  # softmax; binary: the sigmoid
             if self.cfg.probabilities == "uint8":
                 probs = (p * 255).round_().to(torch.uint8).cpu().numpy()
             else:
@@ -748,10 +787,10 @@ def exif_rotated(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return False
-    from PIL import ExifTags, Image
+    from PIL import ExifTags
 
     try:
-        with Image.open(path) as im:
+        with image_header(path) as im:
             return im.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
     except OSError:
         return False

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from segformer.errors import InputError, MissingFileError
+from segformer.errors import InputError, MissingFileError, UnwritableFileError
 
 
 def latest_run_dir(base: str | Path) -> Path | None:
@@ -142,7 +142,15 @@ def _run_dir(base: str, stamp: str, ckpt_path: str | None) -> str:
                 f"ckpt_path=last: no previous run with checkpoints/last.ckpt under {base}"
             )
         return str(run)
-    return _claim(base, stamp)
+    try:
+        return _claim(base, stamp)
+    except OSError as err:  # a read-only or full disk: no run can start there
+        from segformer.checkpoint_io import write_cause
+
+        raise UnwritableFileError(
+            f"could not create a run directory under {base}: {write_cause(err)}; set "
+            "paths.root_dir=DIR (or paths.log_dir=DIR) to a folder you can write"
+        ) from err
 
 
 def _per_process(global_batch: int, devices: Any, num_nodes: int = 1) -> int:

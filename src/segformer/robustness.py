@@ -28,12 +28,14 @@ import copy
 import inspect
 import json
 from collections.abc import Callable, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from segformer.checkpoint_io import atomic_files
 from segformer.errors import InputError
 
 # Paper Table 5 (after Kamann & Rother's Cityscapes-C), its column groups in its order
@@ -222,7 +224,7 @@ def report_table(report: dict[str, Any], title: str = "mIoU (%) under corruption
     return table
 
 
-def save_report_png(report: dict[str, Any], path: Path) -> None:
+def report_png(report: dict[str, Any]) -> bytes:
     """Heat map corruption x severity (mIoU %) beside a bar chart of group means and clean."""
     import matplotlib
 
@@ -251,8 +253,10 @@ def save_report_png(report: dict[str, Any], path: Path) -> None:
     bars.tick_params(axis="x", rotation=45)
     fig.suptitle("mIoU under image corruptions (imagecorruptions)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    picture = BytesIO()
+    fig.savefig(picture, format="png", dpi=120)
     plt.close(fig)
+    return picture.getvalue()
 
 
 def _no_report(*args: Any, **kwargs: Any) -> None:
@@ -301,8 +305,11 @@ def evaluate_robustness(
         **summarize(clean, results),
     }
     if trainer.is_global_zero:
-        (output_dir / "robustness.json").write_text(json.dumps(report, indent=2))
-        save_report_png(report, output_dir / "robustness.png")
+        files = {
+            output_dir / "robustness.json": json.dumps(report, indent=2),
+            output_dir / "robustness.png": report_png(report),
+        }
+        atomic_files(files, "robustness report")
         console.print(report_table(report))
         console.print(f"wrote {output_dir / 'robustness.json'} and robustness.png")
     return report

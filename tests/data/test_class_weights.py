@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import CAMVID_ROOT, TINY, compose_config
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from PIL import Image
 
 from segformer.build import build_module
@@ -232,18 +233,7 @@ def test_training_stores_the_counted_list_and_check_data_prints_it(
     np.testing.assert_allclose(stored, SQRT_MEDIAN_FREQUENCY, rtol=1e-12)
 
     # segformer-check-data on the same data prints the same weights, and the same line
-    check = compose_config(
-        "check_data",
-        [
-            "data=folder",
-            f"data.root={root}",
-            f"data.classes=[{','.join(CLASSES)}]",
-            "data.label_map={0: 0, 100: 1, 200: 2, 7: 255}",
-            "class_weights=auto_sqrt",
-            "run_name=check",
-        ],
-        tmp_path,
-    )
+    check = _check_data_config(root, tmp_path, "class_weights=auto_sqrt")
     assert check_data(check) == 0
     report = (Path(check.paths.output_dir) / "report.txt").read_text()
     pasted = re.search(r"model\.class_weights=\[([^\]]*)\]", report)
@@ -263,19 +253,20 @@ def test_training_stores_the_counted_list_and_check_data_prints_it(
     assert any("from the resumed checkpoint" in r.getMessage() for r in caplog.records)
 
 
+def _check_data_config(root: Path, tmp_path: Path, *extra: str) -> DictConfig:
+    """segformer-check-data on the fixture's folder (its label map: 7 is void)."""
+    data = [
+        "data=folder",
+        f"data.root={root}",
+        f"data.classes=[{','.join(CLASSES)}]",
+        "data.label_map={0: 0, 100: 1, 200: 2, 7: 255}",
+    ]
+    return compose_config("check_data", [*data, *extra, "run_name=check"], tmp_path)
+
+
 def test_check_data_keeps_counts_for_auto(root: Path, tmp_path: Path, reads: list[Path]) -> None:
     """A clean check-data scan stores its counts where `auto` looks: training reads no mask."""
-    check = compose_config(
-        "check_data",
-        [
-            "data=folder",
-            f"data.root={root}",
-            f"data.classes=[{','.join(CLASSES)}]",
-            "data.label_map={0: 0, 100: 1, 200: 2, 7: 255}",
-            "run_name=check",
-        ],
-        tmp_path,
-    )
+    check = _check_data_config(root, tmp_path)
     assert check_data(check) == 0
     before = len(reads)
     weights, line = auto_class_weights("auto", datamodule(root))

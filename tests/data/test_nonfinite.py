@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 from helpers import TINY
+from owndata import folder_overrides
 from PIL import Image
 from rich.console import Console
 
@@ -158,14 +159,7 @@ def test_nonfinite_loss_names_nonfinite_inputs() -> None:
 def _train(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     run = [o for o in TINY if not o.startswith("data.")]
     data = [
-        "data=folder",
-        f"data.root={root}",
-        "data.classes=[bg,fg]",
-        "data.crop_size=[32,32]",
-        "data.scale=[32,32]",
-        "data.ratio_range=[1.0,1.0]",
-        "data.batch_size=2",
-        "data.num_workers=0",
+        *folder_overrides(root),
         "data.label_check_files=0",
         "data.mean=[0.5,0.5,0.5]",
         "data.std=[0.25,0.25,0.25]",

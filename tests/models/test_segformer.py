@@ -128,6 +128,23 @@ def test_fast_paths_match_the_straightforward_model():
     assert_same_classes(pred, full)
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.45])
+@pytest.mark.parametrize("size", [(93, 141), (20, 30)], ids=["image", "padded-thumbnail"])
+def test_binary_predict_is_the_sigmoid_above_the_threshold(size, threshold):
+    """One output (model.num_classes=1): predict is forward(x).sigmoid() > threshold, exactly,
+    at any size (a side under MiT's minimum is padded, then cropped back)."""
+    torch.manual_seed(0)
+    model = SegFormer("b0", num_classes=1, threshold=threshold).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        pred, logits = model.predict(x), model(x)
+    assert pred.shape == (2, *size) and pred.dtype == torch.int64
+    assert torch.equal(pred, (logits[:, 0].sigmoid() > threshold).long())
+    assert model.label_classes == 2
+    with pytest.raises(ValueError, match=r"threshold=1.0: .* strictly between 0 and 1"):
+        SegFormer("b0", num_classes=1, threshold=1.0)
+
+
 @pytest.mark.slow
 def test_bf16_class_maps_agree_with_fp32_after_training():
     """A B0 trained ~120 steps on the synthetic shapes (64 px) with upsample_cross_entropy:

@@ -1,11 +1,12 @@
-"""The fused upsample + argmax / cross-entropy against the straightforward F.interpolate path."""
+"""The fused upsample + argmax / cross-entropy against the straightforward F.interpolate path;
+the binary (one-logit) threshold against upsample + sigmoid."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from segformer.models import upsample_argmax, upsample_cross_entropy
-from segformer.models.upsample import fused_upsample_cross_entropy
+from segformer.models.upsample import fused_upsample_cross_entropy, upsample_threshold
 from segformer.models.valid_pixels import valid_mean
 
 
@@ -216,3 +217,17 @@ def test_argmax_takes_bands_when_candidates_are_everywhere(monkeypatch):
     smooth = smooth_logits(2, 150, (16, 16))
     assert_same_classes(upsample_argmax(smooth, (64, 64)), upsample(smooth, (64, 64)))
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.9])
+@pytest.mark.parametrize(("low", "size"), [((17, 23), (67, 90)), ((9, 13), (9, 13))])
+def test_threshold_is_the_sigmoid_of_the_upsampled_logit(low, size, threshold, dtype):
+    """A binary network's class map, exactly: F.interpolate (in fp32), sigmoid, > threshold."""
+    torch.manual_seed(0)
+    logits = smooth_logits(2, 1, low).to(dtype)
+    got = upsample_threshold(logits, size, threshold)
+    want = (upsample(logits, size)[:, 0].sigmoid() > threshold).long()
+    assert got.shape == (2, *size) and got.dtype == torch.int64
+    assert torch.equal(got, want)
+    assert 0 < got.float().mean() < 1  # both classes occur: the comparison means something

@@ -1,6 +1,8 @@
 """Reading images and masks, with errors that name the file: uint8 RGB images (truncated JPEGs
 caught) and uint8 class-id masks (index PNGs, or RGB masks decoded with a palette)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,18 @@ def _truncated_jpeg(data: bytes) -> bool:
             return data.find(b"\xff\xd9", pos) < 0
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False
+
+
+@contextmanager
+def image_header(path: Path) -> Iterator[Image.Image]:
+    """The image opened for its header (size, EXIF), without Pillow's decompression-bomb limit:
+    nothing is decoded, and a 20k x 20k scan must still be sized (to go the tiled way)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from segformer.errors import InputError, MissingFileError
@@ -157,6 +158,7 @@ class Checkpoint:
     # the encoder / decoder specs our checkpoint of another composition records (``network``);
     # None for the paper's parts, whose shapes the weights tell
     net: dict[str, Any] | None = None
+    threshold: float = 0.5  # a binary network's foreground cut (our checkpoints record it)
 
 
 def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
@@ -190,6 +192,7 @@ def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
             num_classes=hparams.get("num_classes"),
             in_channels=hparams.get("in_channels", 3),
             net=net,
+            threshold=hparams.get("threshold", 0.5),
         )
     dims, depths = _encoder_shape(state, path)
     # "ln_eps" is the name checkpoints written before 0.2 use, "ln_eps_preset" before the
@@ -208,6 +211,7 @@ def read_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
         decoder_dim=None if head is None else head.shape[0],
         num_classes=None if classifier is None else classifier.shape[0],
         in_channels=state[INPUT_CONV].shape[1],
+        threshold=hparams.get("threshold", 0.5),
     )
 
 
@@ -430,10 +434,13 @@ def _lightning_hparams(path: Path) -> dict[str, Any]:
 
 def checkpoint_class_names(path: str | Path, revision: str | None = None) -> list[str] | None:
     """Class names stored with the weights: our Lightning hyper-parameters or transformers'
-    config.json id2label; None for bare state dicts. ``path`` may be a Hub repo id."""
+    config.json id2label; None for bare state dicts. ``path`` may be a Hub repo id. A binary
+    network's (one label in transformers: the foreground) are "background" and that label."""
     path = resolve_checkpoint(path, revision)
     if path.is_dir():
         labels = json.loads((path / "config.json").read_text()).get("id2label") or {}
+        if len(labels) == 1:
+            return ["background", labels["0"]]
         return [labels[str(i)] for i in range(len(labels))] if labels else None
     names = _lightning_hparams(path).get("class_names")
     return list(names) if names else None
@@ -500,9 +507,13 @@ def transformers_config(
     model: SegFormer, class_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """The config.json of SegformerForSemanticSegmentation for ``model`` (a SegformerConfig's
-    fields; class names -> id2label/label2id, default transformers' ``LABEL_i``)."""
+    fields; class names -> id2label/label2id, default transformers' ``LABEL_i``). A binary
+    network's one logit is transformers' ``num_labels=1`` (its loss is then BCE with logits):
+    id2label names the foreground only (the second of two names)."""
     spec = VARIANTS[model.variant]
     names = list(class_names) if class_names else [f"LABEL_{i}" for i in range(model.num_classes)]
+    if model.num_classes == 1 and len(names) == 2:
+        names = names[1:]
     if len(names) != model.num_classes:
         raise InputError(f"{len(names)} class names for a model of {model.num_classes} classes")
     last_block = model.encoder.stages[-1].blocks[-1]
@@ -541,7 +552,13 @@ def save_transformers(
 
     transformers builds every LayerNorm with eps 1e-5 (our ``ln_eps_preset="hf"``); weights of a
     model with another preset are written as they are and give slightly different logits there.
+    Both files are written all or nothing (``checkpoint_io.atomic_files``): a failed write
+    (disk full, permission, file-size limit) raises one ``UnwritableFileError`` naming the file
+    and leaves the folder as it was.
     """
+    # imported here: models/ is plain torch, checkpoint_io brings Lightning's checkpoint writer
+    from segformer.checkpoint_io import atomic_files
+
     if model.ln_eps_preset != "hf":
         warnings.warn(
             f"the model uses LayerNorm eps preset {model.ln_eps_preset!r}; transformers uses 1e-5 "
@@ -550,9 +567,11 @@ def save_transformers(
             stacklevel=2,
         )
     folder = Path(folder).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
     config = transformers_config(model, class_names)
     state = transformers_state_dict(model.state_dict())
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    files = {
+        folder / "model.safetensors": safetensors_bytes(state, metadata={"format": "pt"}),
+        folder / "config.json": json.dumps(config, indent=2) + "\n",
+    }
+    atomic_files(files, "transformers model")
     return folder

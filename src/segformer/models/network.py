@@ -12,6 +12,9 @@ an error naming the part):
   ``num_classes``; maps the list of feature maps to logits (B, num_classes, H/s, W/s), s = its
   ``stride`` attribute (4 when absent).
 
+``num_classes=1`` is a binary network: one logit, the foreground where its sigmoid exceeds
+``threshold``; its class map has two classes, 0 background and 1 foreground (``label_classes``).
+
 A spec is a dict in Hydra's ``_target_`` convention (``{"_target_": "pkg.mod.Class", **kwargs}``,
 nested specs instantiated first, ``_partial_: true`` for a factory), read here without Hydra so
 that a checkpoint that records its specs rebuilds anywhere ``models/`` is importable.
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segformer.errors import InputError
-from segformer.models.upsample import resize_bilinear, upsample_argmax
+from segformer.models.upsample import resize_bilinear, upsample_argmax, upsample_threshold
 
 MIT = "segformer.models.mit.MixTransformer"
 ALL_MLP_HEAD = "segformer.models.head.AllMLPHead"
@@ -104,6 +107,22 @@ def _built(value: Any, where: str) -> Any:
     return value
 
 
+def label_classes(num_classes: int) -> int:
+    """The classes of the class map of a network with ``num_classes`` outputs: one per output,
+    or 2 (0 background, 1 foreground) for a binary network's one logit."""
+    return 2 if num_classes == 1 else num_classes
+
+
+def check_threshold(threshold: float) -> float:
+    """A binary network's foreground cut on the sigmoid, in (0, 1), as a float."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(
+            f"threshold={threshold}: the foreground probability cut of a binary network, "
+            "strictly between 0 and 1"
+        )
+    return float(threshold)
+
+
 def pad_small(x: torch.Tensor, min_size: int) -> torch.Tensor:
     """``x`` (B, C, H, W) with a side under ``min_size`` padded at the bottom / right up to it
     by repeating the edge pixels (any side >= 1 can be; the image's own colours, not a border
@@ -126,13 +145,20 @@ class EncoderDecoder(nn.Module):
     """encoder -> decoder -> logits, from the specs ``net = {"encoder": ..., "decoder": ...}``.
 
     ``forward`` gives logits at the input size (bilinear, align_corners=False),
-    ``forward_logits`` the decoder's (1/stride of the input), ``predict`` the class map. Any
+    ``forward_logits`` the decoder's (1/stride of the input), ``predict`` the class map (with
+    one output, a binary network: the sigmoid above ``threshold``, default 0.5). Any
     image size H, W >= 1 runs: sides under the encoder's ``min_input_size`` are edge-padded
     and the outputs cropped back (``pad_small``). The decoder is the ``head`` attribute: the
     state-dict keys are ``encoder.*`` and ``head.*``, as in the official checkpoints.
     """
 
-    def __init__(self, net: Mapping[str, Any], num_classes: int, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        num_classes: int,
+        in_channels: int = 3,
+        threshold: float = 0.5,
+    ) -> None:
         super().__init__()
         missing = [part for part in ("encoder", "decoder") if part not in net]
         if missing:
@@ -141,6 +167,7 @@ class EncoderDecoder(nn.Module):
         self.net = {part: _own_settings(net[part], part) for part in ("encoder", "decoder")}
         net = self.net
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
+        self.threshold = check_threshold(threshold)  # used with one output (binary) only
         self.encoder = instantiate(net["encoder"], "model.encoder", in_channels=in_channels)
         out_channels = _check_encoder(self.encoder, net["encoder"])
         self.head = instantiate(
@@ -158,6 +185,11 @@ class EncoderDecoder(nn.Module):
     def variant(self) -> str | None:
         """The MiT variant of the encoder ("b0".."b5"), None for other encoders."""
         return getattr(self.encoder, "variant", None)
+
+    @property
+    def label_classes(self) -> int:
+        """The classes of the class map: ``num_classes``, or 2 for one output (binary)."""
+        return label_classes(self.num_classes)
 
     @property
     def ln_eps_preset(self) -> str | None:
@@ -202,7 +234,10 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> class map (B, H, W) int64: forward(x).argmax(1) but for near-ties."""
+        """(B, C, H, W) -> class map (B, H, W) int64: forward(x).argmax(1) but for near-ties;
+        with one output (binary) forward(x).sigmoid() > threshold, exactly."""
+        if self.num_classes == 1:
+            return self._run(x, functools.partial(upsample_threshold, threshold=self.threshold))
         return self._run(x, upsample_argmax)
 
     def _run(

@@ -26,6 +26,7 @@ class SegFormer(EncoderDecoder):
     ``ln_eps_preset`` picks the LayerNorm eps of the code the weights come from: "official"
     (NVlabs), "hf" (transformers) or "mmseg" (``mit.LN_EPS_PRESETS``). ``in_channels``: bands of
     the input images (3 = RGB; pretrained RGB weights adapt, see ``convert.adapt_input_conv``).
+    ``num_classes=1``: a binary network, foreground where the sigmoid exceeds ``threshold``.
     Any image size H, W >= 1 runs (``network.pad_small``).
     """
 
@@ -38,9 +39,10 @@ class SegFormer(EncoderDecoder):
         dropout: float = 0.1,
         ln_eps_preset: str = "official",
         in_channels: int = 3,
+        threshold: float = 0.5,
     ) -> None:
         net = segformer_net(variant, decoder_dim, drop_path_rate, dropout, ln_eps_preset)
-        super().__init__(net, num_classes, in_channels)
+        super().__init__(net, num_classes, in_channels, threshold)
 
     @classmethod
     def from_pretrained(
@@ -66,7 +68,9 @@ class SegFormer(EncoderDecoder):
         re-initialises the classifier (with a warning). The LayerNorm eps preset follows the
         source of the weights unless ``ln_eps_preset`` is given. ``in_channels`` defaults to the
         checkpoint's; other than that, 3-channel weights are adapted
-        (``convert.adapt_input_conv``). Other ``kwargs`` go to the constructor.
+        (``convert.adapt_input_conv``). A binary network's ``threshold`` is the one it was
+        trained with (our checkpoints record it; 0.5 otherwise) unless given. Other ``kwargs``
+        go to the constructor.
         """
         ckpt = read_checkpoint(path, revision)
         if variant is not None and variant != ckpt.variant:
@@ -79,15 +83,16 @@ class SegFormer(EncoderDecoder):
                     f"{path}: decoder_dim={given} requested, the checkpoint has {ckpt.decoder_dim}"
                 )
         in_channels = kwargs.setdefault("in_channels", ckpt.in_channels)
+        threshold = kwargs.setdefault("threshold", ckpt.threshold)
         num_classes = num_classes or ckpt.num_classes or 150
         if ckpt.net is not None:  # our checkpoint of another composition: its own specs
-            other = sorted(set(kwargs) - {"decoder_dim", "in_channels"})
+            other = sorted(set(kwargs) - {"decoder_dim", "in_channels", "threshold"})
             if other:
                 raise InputError(
                     f"{path}: the network is rebuilt from the specs the checkpoint records; "
                     f"{', '.join(other)} cannot change it"
                 )
-            model = EncoderDecoder(ckpt.net, num_classes, in_channels)
+            model = EncoderDecoder(ckpt.net, num_classes, in_channels, threshold)
         else:
             kwargs.setdefault("ln_eps_preset", ckpt.ln_eps_preset)
             model = cls(variant=ckpt.variant, num_classes=num_classes, **kwargs)

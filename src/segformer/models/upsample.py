@@ -1,4 +1,5 @@
-"""Bilinear upsampling fused with what follows it: argmax (inference) and cross-entropy (training).
+"""Bilinear upsampling fused with what follows it: argmax (inference) and cross-entropy (training);
+the threshold of a one-logit (binary) network's sigmoid.
 
 Both compute the same function as ``F.interpolate(logits, size, mode="bilinear",
 align_corners=False)`` followed by ``argmax(1)`` or ``F.cross_entropy``, without ever holding the
@@ -155,6 +156,16 @@ def _banded_argmax(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         for rows in bands.rows:
             out[b : b + 1, rows] = bands.upsample(image, rows).argmax(-1)
     return out
+
+
+@torch.no_grad()
+def upsample_threshold(
+    logits: torch.Tensor, size: Sequence[int], threshold: float = 0.5
+) -> torch.Tensor:
+    """The class map of a one-logit (binary) network: ``F.interpolate(logits, size, bilinear)
+    .sigmoid() > threshold``, (B, 1, h, w) -> (B, H, W) int64, 1 = foreground. One channel
+    upsampled is no larger than the class map, so nothing is fused here."""
+    return (resize_bilinear(logits.float(), size)[:, 0].sigmoid() > threshold).long()
 
 
 class _Bands:
