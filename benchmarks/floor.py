@@ -28,9 +28,12 @@ Per machine (issue 28):
     (``upsample_cross_entropy`` on ``forward_logits``) in fp32 and under precision auto, theirs
     ``model(pixel_values, labels).loss``; the first losses of both are recorded (same loss).
 
-Configurations are interleaved within every repeat (shared machines drift); medians after
-warm-up. The load average at start and end is recorded: numbers taken on a busy machine are
-only good for ratios within the run. ``--quick`` is a smoke run (tiny sizes, one repeat).
+The process keeps freed memory as the entry points do (``segformer.allocator``; both sides get
+it, SEGFORMER_MALLOC=default runs both with glibc's default malloc; recorded as
+``freed_memory_kept``). Configurations are interleaved within every repeat (shared machines
+drift); medians after warm-up. The load average at start and end is recorded: numbers taken on
+a busy machine are only good for ratios within the run. ``--quick`` is a smoke run (tiny sizes,
+one repeat).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -58,6 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import IGNORE, NUM_CLASSES, make_transformers_model, theirs_predict
 
+from segformer.allocator import keep_freed_memory
 from segformer.data.synthetic import generate
 from segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segformer.inference import segment
@@ -97,8 +102,19 @@ def gemm_peak(dtype: torch.dtype, n: int, repeats: int, budget_s: float = 20.0) 
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, **kwargs) -> int:
+    """The input and weight gradients of a convolution cost what its forward does, each:
+    2 x output elements x (C_in / groups) x kh x kw. torch's own formula ignores ``groups`` in
+    the weight gradient, counting a depth-wise conv's as a dense one (C times too much: 92 of
+    126 GFLOP counted in a B0 training step)."""
+    output_mask = args[7]  # after bias, stride, padding, dilation, transposed, out padding, groups
+    forward = 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -356,13 +372,15 @@ def main() -> None:
         args.size, args.repeats, args.warmup, args.gemm_n, args.gemm_repeats = 64, 1, 0, 256, 1
         args.batches, args.predict_images = [1, 2], 2
     torch.set_num_threads(args.threads)
+    # as the entry points do; transformers, in this process, gets the same allocator
+    kept = keep_freed_memory()
     load_start = load_avg()
-    info = machine(args)
+    info = {**machine(args), "freed_memory_kept": kept}
     bf16_auto = info["precision_auto"]["precision"].startswith("bf16")
     slug = re.sub(r"[^a-z0-9]+", "_", info["cpu_class"].lower()).strip("_")
     out_path = args.out or Path(f"benchmarks/results/floor_{slug}.json")
     print(f"{info['cpu']} ({info['cpu_class']}), {args.threads} threads, torch {info['torch']}, "
-          f"load {load_start}", flush=True)  # fmt: skip
+          f"freed memory kept {kept}, load {load_start}", flush=True)  # fmt: skip
     # without bf16 units bf16 is emulated (under 1 GFLOP/s a thread on AVX2): a smaller GEMM
     args.gemm_n_bf16 = args.gemm_n if "+" in info["cpu_class"] else min(args.gemm_n, 1024)
     peak = {

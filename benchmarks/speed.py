@@ -22,6 +22,8 @@ everywhere: white noise is the worst case, a trained model on a real image is fa
   F.cross_entropy), backward, AdamW step. Each configuration runs in a fresh spawned process
   (all import torch and transformers, so their baselines match), in interleaved rounds; its
   peak RSS (ru_maxrss) is the peak memory.
+- both sides keep freed memory as the entry points do (``segformer.allocator``; without it most
+  of transformers' training step is page faults); SEGFORMER_MALLOC=default turns it off.
 - parity: max |logits ours - theirs| (fp32, at H/4) and the share of equal class-map pixels.
 
 Prints a table and writes a JSON file with the machine (CPU, cores, versions, date).
@@ -50,6 +52,7 @@ import transformers
 from rich.console import Console
 from rich.table import Table
 
+from segformer.allocator import keep_freed_memory
 from segformer.data.synthetic import SyntheticDataModule
 from segformer.models import VARIANTS, SegFormer, upsample_cross_entropy
 from segformer.precision import choose_precision, cpu_class, cpu_info
@@ -150,6 +153,7 @@ def bench_inference(args: argparse.Namespace, folder: Path) -> dict:
 
 def train_worker(impl: str, folder: str, args: dict, queue: mp.Queue) -> None:
     """One training configuration in a fresh process: step times and peak RSS."""
+    keep_freed_memory()
     torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     model = load("theirs" if impl == "theirs" else "ours", Path(folder)).to(device).train()
@@ -339,7 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    info = machine(args)
+    info = {**machine(args), "freed_memory_kept": keep_freed_memory()}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from segformer import errors
+from segformer.allocator import keep_freed_memory
 from segformer.checkpoint_io import atomic_write
 
 
@@ -147,6 +148,7 @@ def hydra_cli(command: str, config_name: str) -> Callable[[Fn], Fn]:
     def decorate(task: Fn) -> Fn:
         @functools.wraps(task)
         def job(cfg: Any) -> Any:
+            keep_freed_memory()  # before the first large tensor (allocator.py says why)
             try:
                 return task(cfg)
             except Exception as err:

@@ -67,7 +67,14 @@ def reference_loss(logits, target, ignore_index=255, weight=None):
 
 @pytest.mark.parametrize(
     ("low", "size"),
-    [((16, 128), (64, 512)), ((9, 13), (35, 50)), ((10, 10), (7, 13)), ((8, 8), (8, 8))],
+    [
+        ((16, 128), (64, 512)),
+        ((9, 13), (35, 50)),
+        ((10, 10), (7, 13)),
+        ((8, 8), (8, 8)),
+        ((1, 4), (3, 16)),  # sides of 1: views that are not channels-last
+        ((3, 1), (12, 3)),
+    ],
 )
 def test_cross_entropy_value_and_gradient(low, size):
     """(16, 128) -> (64, 512) with 150 classes runs in 5 bands of output rows."""
@@ -231,3 +238,30 @@ def test_threshold_is_the_sigmoid_of_the_upsampled_logit(low, size, threshold, d
     assert got.shape == (2, *size) and got.dtype == torch.int64
     assert torch.equal(got, want)
     assert 0 < got.float().mean() < 1  # both classes occur: the comparison means something
+
+
+def test_cross_entropy_of_confident_wrong_logits_stays_finite():
+    """Logit gaps of hundreds: the target's softmax underflows to 0 in fp32 where the model is
+    confidently wrong; the loss there comes from a log-softmax, as F.cross_entropy's does, not
+    -log(0) = inf."""
+    torch.manual_seed(0)
+    logits = (300 * torch.randn(2, 6, 9, 13)).requires_grad_()
+    target = torch.randint(0, 6, (2, 35, 50))
+    ours, ref = upsample_cross_entropy(logits, target), reference_loss(logits, target)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(ref, logits)
+    assert ours.isfinite() and ref > 50
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+
+
+def test_cross_entropy_without_gradient_is_the_same_loss():
+    """Validation computes the loss without a gradient (a log-softmax pass, nothing kept)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 9, 13)
+    target = torch.randint(0, 7, (2, 35, 50))
+    target[:, :4] = 255
+    with torch.no_grad():
+        plain = upsample_cross_entropy(logits, target)
+    with_grad = upsample_cross_entropy(logits.clone().requires_grad_(), target)
+    torch.testing.assert_close(plain, with_grad.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(plain, reference_loss(logits, target), rtol=1e-5, atol=0)

@@ -171,49 +171,74 @@ def upsample_threshold(
 class _Bands:
     """Bilinear upsampling (B, h, w, K) -> (B, H, W, K) in bands of output rows, with its adjoint.
 
-    A band holds about ``elements`` values, so it stays in cache and nothing of the full output
-    size is ever allocated. Band ``i`` reads source rows ``first[i]:last[i]`` only.
+    A band holds about ``elements`` values, so nothing of the full output size is ever
+    allocated. Columns first: the source rows a band reads are widened to W (ATen's bilinear
+    kernel, on about a quarter of the band's rows at scale 4); then rows, as one small matmul
+    ``(rows, r) @ (r, W*K)`` that writes the band in a single pass. The adjoint is the
+    transposed matmul (one read of the band) and ATen's adjoint of the widening.
     """
 
-    def __init__(self, table: torch.Tensor, size: tuple[int, int], elements: int = 1 << 20):
+    def __init__(self, table: torch.Tensor, size: Sequence[int], elements: int = 1 << 21):
         B, h, w, K = table.shape
         H, W = size
-        self.w = w
+        self.w, self.W = w, W
         self.y0, self.y1, self.wy = _source_index(H, h, table.device)
-        self.x0, self.x1, wx = _source_index(W, w, table.device)
-        self.wx = wx[:, None]  # (W, 1)
+        self.x0, self.x1, self.wx = _source_index(W, w, table.device)
         step = max(1, elements // (B * W * K))
         self.rows = [slice(i, min(i + step, H)) for i in range(0, H, step)]
 
-    def source(self, rows: slice) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Source rows first:last of a band; its row neighbours relative to first; their weight."""
+    def source(self, rows: slice) -> tuple[int, int, torch.Tensor]:
+        """Source rows first:last of a band and its row mix (rows, last - first): each output
+        row's weights of its two source rows (ATen's 1 - wy and wy; one 1 where edge-clamped)."""
         first, last = int(self.y0[rows][0]), int(self.y1[rows][-1]) + 1
-        return first, last, self.y0[rows] - first, self.y1[rows] - first, self.wy[rows, None, None]
+        y0, y1, wy = self.y0[rows] - first, self.y1[rows] - first, self.wy[rows]
+        mix = wy.new_zeros(len(wy), last - first)
+        index = torch.arange(len(wy), device=wy.device)
+        mix.index_put_((index, y0), 1 - wy, accumulate=True)
+        return first, last, mix.index_put_((index, y1), wy, accumulate=True)
+
+    def widen(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, r, w, K) -> (B, r, W, K), bilinear along columns (ATen's channels-last kernel;
+        rows keep their size, which is exactly the identity)."""
+        out = F.interpolate(
+            src.permute(0, 3, 1, 2), (src.shape[1], self.W), mode="bilinear", align_corners=False
+        )
+        return out.permute(0, 2, 3, 1)  # contiguous unless a side is 1 (then .reshape copies)
+
+    def widen_adjoint(self, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient w.r.t. the widened rows (B, r, W, K) -> w.r.t. the source rows (B, r, w, K)."""
+        B, r, W, K = grad.shape
+        out = torch.ops.aten.upsample_bilinear2d_backward(
+            grad.permute(0, 3, 1, 2), [r, W], [B, K, r, self.w], False
+        )
+        return out.permute(0, 2, 3, 1)
 
     def upsample(self, table: torch.Tensor, rows: slice) -> torch.Tensor:
         """(B, h, w, K) -> the band (B, rows, W, K)."""
-        first, last, top, bottom, wy = self.source(rows)
-        src = table[:, first:last]  # (B, r, w, K)
-        cols = torch.lerp(src.index_select(2, self.x0), src.index_select(2, self.x1), self.wx)
-        return torch.lerp(cols.index_select(1, top), cols.index_select(1, bottom), wy)
+        first, last, mix = self.source(rows)
+        cols = self.widen(table[:, first:last])  # (B, r, W, K)
+        B, r, W, K = cols.shape
+        return torch.matmul(mix, cols.reshape(B, r, W * K)).view(B, len(mix), W, K)
 
-    def adjoint(self, grad: torch.Tensor, rows: slice) -> tuple[int, int, torch.Tensor]:
-        """Gradient w.r.t. a band (B, rows, W, K) -> w.r.t. its source rows (B, r, w, K)."""
-        first, last, top, bottom, wy = self.source(rows)
-        B, _, W, K = grad.shape
-        g_cols = grad.new_zeros(B, last - first, W, K)
-        g_cols.index_add_(1, top, grad * (1 - wy)).index_add_(1, bottom, grad * wy)
-        g_src = grad.new_zeros(B, last - first, self.w, K)
-        g_src.index_add_(2, self.x0, g_cols * (1 - self.wx)).index_add_(
-            2, self.x1, g_cols * self.wx
-        )
-        return first, last, g_src
+    def corners(self, table: torch.Tensor, classes: torch.Tensor) -> tuple[list, list]:
+        """Where the upsampled value of class ``classes[b, y, x]`` at each output pixel comes
+        from: the flat indices into ``table`` of its four corners and their weights, each
+        4 x (B, H, W)."""
+        B, h, w, K = table.shape
+        y0, y1, wy = (t[:, None] for t in (self.y0, self.y1, self.wy))  # (H, 1)
+        b = torch.arange(B, device=table.device)[:, None, None] * h
+        index = [((b + y) * w + x) * K + classes for y in (y0, y1) for x in (self.x0, self.x1)]
+        weight = [a * c for a in (1 - wy, wy) for c in (1 - self.wx, self.wx)]  # (H, W)
+        return index, [wt.expand_as(classes) for wt in weight]
 
 
 class _UpsampleCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of bilinearly upsampled logits, band by band; the backward pass
-    recomputes each band rather than keeping the (B, K, H, W) upsampled logits and their
-    log-softmax (the largest activations of a training step)."""
+    """Mean cross-entropy of bilinearly upsampled logits, band by band: the (B, K, H, W)
+    upsampled logits and their softmax (the largest activations of a training step) never exist
+    whole. When the logits need a gradient it is computed in the same pass over each band (the
+    loss's gradient is the softmax less the one-hot target, both already at hand) and kept at the
+    logits' size, so the backward pass only scales it. The target's -1 goes straight to the four
+    corners it was mixed from, not through the bands."""
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, weight):
@@ -223,32 +248,49 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
         # per-pixel weight: class weight (or 1) where kept, 0 where ignored; F.cross_entropy's
         # weighted mean divides by the summed weights of the kept pixels
         pixel_w = keep.float() if weight is None else weight.float()[safe[..., 0]] * keep
+        count = pixel_w.sum()
         bands = _Bands(table, target.shape[-2:])
         total = table.new_zeros(())
+        if not ctx.needs_input_grad[0]:
+            for rows in bands.rows:
+                log_p = bands.upsample(table, rows).log_softmax(-1)  # (B, rows, W, K)
+                total -= (log_p.gather(-1, safe[:, rows]).squeeze(-1) * pixel_w[:, rows]).sum()
+            return valid_mean(total, count)  # 0 when every pixel is ignored (valid_pixels.py)
+        scale = pixel_w / valid_count(count)  # (B, H, W): d loss / d nll of each pixel
+        g_table = torch.zeros_like(table)  # d loss / d table
         for rows in bands.rows:
-            log_p = bands.upsample(table, rows).log_softmax(-1)  # (B, rows, W, K)
-            total -= (log_p.gather(-1, safe[:, rows]).squeeze(-1) * pixel_w[:, rows]).sum()
-        count = pixel_w.sum()
-        ctx.save_for_backward(logits, safe, pixel_w, count)
-        return valid_mean(total, count)  # 0 when every pixel is ignored (valid_pixels.py)
+            first, last, mix = bands.source(rows)
+            z = bands.upsample(table, rows)  # (B, n, W, K)
+            p = z.softmax(-1)
+            total += (_nll(z, p, safe[:, rows]) * pixel_w[:, rows]).sum()
+            B, n, W, K = p.shape
+            p = p.mul_(scale[:, rows, :, None]).view(B, n, W * K)  # the softmax part
+            g_cols = torch.matmul(mix.t(), p).view(B, -1, W, K)  # (B, r, W, K)
+            g_table[:, first:last] += bands.widen_adjoint(g_cols)
+        # the one-hot part: -scale at the target class, to the four corners of each pixel
+        g_flat = g_table.view(-1)
+        for index, corner_w in zip(*bands.corners(table, safe[..., 0]), strict=True):
+            g_flat.index_add_(0, index.view(-1), (corner_w * scale).view(-1), alpha=-1)
+        ctx.save_for_backward(g_table)
+        ctx.logits_dtype = logits.dtype
+        return valid_mean(total, count)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, safe, pixel_w, count = ctx.saved_tensors
-        table = logits.detach().permute(0, 2, 3, 1).float().contiguous()
-        bands = _Bands(table, safe.shape[1:3])
-        g_table = torch.zeros_like(table)  # (B, h, w, K)
-        scale = (grad / valid_count(count)) * pixel_w[..., None]  # (B, H, W, 1), 0 if ignored
-        minus_one = table.new_full((1, 1, 1, 1), -1.0)
-        for rows in bands.rows:
-            # d loss / d band = (softmax - onehot) * scale, the band recomputed, not kept
-            g = bands.upsample(table, rows).softmax(-1)
-            g.scatter_add_(-1, safe[:, rows], minus_one.expand_as(safe[:, rows])).mul_(
-                scale[:, rows]
-            )
-            first, last, g_src = bands.adjoint(g, rows)
-            g_table[:, first:last] += g_src
-        return g_table.permute(0, 3, 1, 2).to(logits.dtype), None, None, None
+        (g_table,) = ctx.saved_tensors
+        return (grad * g_table).permute(0, 3, 1, 2).to(ctx.logits_dtype), None, None, None
+
+
+def _nll(z: torch.Tensor, p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log softmax(z)[target] from the softmax ``p`` already computed, (B, n, W): exact to
+    float rounding where p is a normal float; recomputed as a log-softmax where the target's
+    probability underflows (a logit gap over ~87), which -log(p) would turn into inf."""
+    p_target = p.gather(-1, target).squeeze(-1)
+    nll = -p_target.log()
+    tiny = p_target < 1e-30
+    if tiny.any():
+        nll[tiny] = -z[tiny].log_softmax(-1).gather(-1, target[tiny]).squeeze(-1)
+    return nll
 
 
 def upsample_cross_entropy(
