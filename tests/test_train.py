@@ -54,6 +54,7 @@ def test_fit_and_validate_two_steps(tmp_path: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # no pickled code
     assert ckpt["global_step"] == 2
     assert ckpt["hyper_parameters"]["net"]["encoder"]["variant"] == "b0"  # the recorded network
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True  # fused: null resolved
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from segformer.metrics import PER_CLASS, SUMMARY, SegmentationMetrics, metrics_t
 from segformer.models import EncoderDecoder, MixTransformer, segformer_net, upsample_cross_entropy
 from segformer.models.convert import load_encoder_weights
 from segformer.models.network import check_threshold, label_classes, locate
-from segformer.optim import build_scheduler, param_groups
+from segformer.optim import build_scheduler, fused_setting, param_groups
 
 
 class SegFormerModule(L.LightningModule):
@@ -421,7 +421,14 @@ class SegFormerModule(L.LightningModule):
             head_lr_mult=self.hparams.head_lr_mult,
             no_decay_bias=self.hparams.no_decay_bias,
         )
-        optimizer = locate(opt_cfg.pop("_target_"), "optimizer")(groups, **opt_cfg)
+        factory = locate(opt_cfg.pop("_target_"), "optimizer")
+        trainer = self._trainer
+        fp16_clipping = (
+            trainer is not None
+            and trainer.precision == "16-mixed"
+            and bool(trainer.gradient_clip_val)
+        )
+        optimizer = factory(groups, **fused_setting(factory, opt_cfg, fp16_clipping))
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         scheduler, settings = build_scheduler(
