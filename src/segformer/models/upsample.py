@@ -213,9 +213,11 @@ class _Bands:
         )
         return out.permute(0, 2, 3, 1)
 
-    def upsample(self, table: torch.Tensor, rows: slice) -> torch.Tensor:
-        """(B, h, w, K) -> the band (B, rows, W, K)."""
-        first, last, mix = self.source(rows)
+    def upsample(
+        self, table: torch.Tensor, rows: slice, source: tuple | None = None
+    ) -> torch.Tensor:
+        """(B, h, w, K) -> the band (B, rows, W, K); ``source``: its ``source(rows)`` if at hand."""
+        first, last, mix = source or self.source(rows)
         cols = self.widen(table[:, first:last])  # (B, r, W, K)
         B, r, W, K = cols.shape
         return torch.matmul(mix, cols.reshape(B, r, W * K)).view(B, len(mix), W, K)
@@ -259,8 +261,8 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
         scale = pixel_w / valid_count(count)  # (B, H, W): d loss / d nll of each pixel
         g_table = torch.zeros_like(table)  # d loss / d table
         for rows in bands.rows:
-            first, last, mix = bands.source(rows)
-            z = bands.upsample(table, rows)  # (B, n, W, K)
+            first, last, mix = source = bands.source(rows)
+            z = bands.upsample(table, rows, source)  # (B, n, W, K)
             p = z.softmax(-1)
             total += (_nll(z, p, safe[:, rows]) * pixel_w[:, rows]).sum()
             B, n, W, K = p.shape
