@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import segformer.checkpoint_io as checkpoint_io
-from segformer.checkpoint_io import AtomicCheckpointIO
+import segformer.atomic_checkpoint as atomic_checkpoint
+from segformer.atomic_checkpoint import AtomicCheckpointIO
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -23,7 +23,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatc
         f.write(b"PK\x03\x04 half written")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(checkpoint_io.torch, "save", crash)
+    monkeypatch.setattr(atomic_checkpoint.torch, "save", crash)
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"step": torch.tensor(2), "w": torch.zeros(1000)}, path)
     assert int(torch.load(path, weights_only=True)["step"]) == 1
@@ -32,7 +32,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatc
 
 SAVE_LOOP = """
 import sys, torch
-from segformer.checkpoint_io import AtomicCheckpointIO
+from segformer.atomic_checkpoint import AtomicCheckpointIO
 io, step = AtomicCheckpointIO(), 0
 while True:
     step += 1

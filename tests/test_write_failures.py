@@ -16,7 +16,8 @@ from children import LIMIT_FSIZE, as_unprivileged, error_line, leftovers, run_ch
 from helpers import TINY, write_lightning_checkpoint
 from PIL import Image
 
-from segformer.checkpoint_io import AtomicCheckpointIO, atomic_write
+from segformer.atomic_checkpoint import AtomicCheckpointIO
+from segformer.checkpoint_io import atomic_write
 
 
 def small_checkpoint() -> dict:
@@ -25,7 +26,7 @@ def small_checkpoint() -> dict:
 
 SAVE_BIG = """
 import torch
-from segformer.checkpoint_io import AtomicCheckpointIO
+from segformer.atomic_checkpoint import AtomicCheckpointIO
 try:
     AtomicCheckpointIO().save_checkpoint(
         {{"global_step": 4, "state_dict": {{"w": torch.zeros(1_000_000)}}}}, {path!r}

@@ -1,7 +1,9 @@
 """Checkpoint (and other output) writes that a kill or a failing disk cannot corrupt: written to
 a temporary file beside the target and renamed over it, so the previous version stays whole; a
 failed write (no space left, quota, permission, file-size limit) removes the temporary file and
-raises one ``UnwritableFileError`` naming the file, the cause and what was kept."""
+raises one ``UnwritableFileError`` naming the file, the cause and what was kept. Plain Python
+and torch: the commands that only read and write files (predict, export, check-data) start
+without importing Lightning; its checkpoint plugin is ``atomic_checkpoint.py``."""
 
 from __future__ import annotations
 
@@ -11,10 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any
 
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from PIL import Image
 
 from segformer.errors import UnwritableFileError
@@ -59,7 +58,8 @@ def write_failed(
     return error
 
 
-def _tmp_beside(path: Path) -> Path:
+def temporary_beside(path: Path) -> Path:
+    """The temporary file an atomic write of ``path`` goes to before the rename."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
@@ -70,7 +70,7 @@ def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
     OSError in the block or the rename becomes ``write_failed``'s one line; whatever was
     written is removed, and the previous ``path`` stays as it was."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = temporary_beside(path)
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def atomic_files(files: Mapping[str | os.PathLike, str | bytes], what: str = "")
     try:
         for target, data in files.items():
             path = Path(target)
-            tmp = _tmp_beside(path)
+            tmp = temporary_beside(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             staged.append((path, tmp))
             with open(tmp, "wb") as f:
@@ -132,60 +132,3 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, what: str = "") -> 
     """Write ``data`` to ``path`` all or nothing (``atomic_files`` of one file): for
     metrics.json, run_plan.json, configs, classes.json."""
     atomic_files({path: data}, what)
-
-
-class _RecordingWriter:
-    """A binary file that remembers the first OSError of a write: torch.save reports one as
-    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...``."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.error = f, None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.f.write(data)
-        except OSError as err:
-            self.error = self.error or err
-            raise
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file beside the target, fsync, then rename over it: a process killed
-    while saving leaves the previous ``last.ckpt`` whole (a rename is atomic on POSIX and
-    Windows filesystems). A write that fails (disk full, quota, permission, file-size limit)
-    removes the temporary file and raises ``UnwritableFileError`` naming the file and the cause.
-    Remote paths (``s3://``...) go through Lightning's writer."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
-    ) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(
-                f"{type(self).__name__} takes no storage_options, got {storage_options}"
-            )
-        path = Path(path)
-        tmp = _tmp_beside(path)
-        writer = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                writer = _RecordingWriter(f)
-                torch.save(checkpoint, writer)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as err:
-            cause = err if isinstance(err, OSError) else writer and writer.error
-            if not isinstance(cause, OSError) and isinstance(err.__context__, OSError):
-                cause = err.__context__  # closing the file failed too
-            if not isinstance(cause, OSError) or isinstance(cause, UnwritableFileError):
-                raise
-            raise write_failed(path, cause, "checkpoint") from err
-        finally:
-            tmp.unlink(missing_ok=True)
-        return None

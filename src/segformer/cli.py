@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import rich.syntax
 import rich.tree
-from lightning.pytorch.utilities import rank_zero_only
+from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -38,9 +38,13 @@ CONFIG_DIR = _config_dir()
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-@rank_zero_only
 def print_config(cfg: DictConfig, save_to: Path | None = None, show: bool = True) -> None:
-    """Print the resolved config as a rich tree (top-level groups as branches) and save it."""
+    """Print the resolved config as a rich tree (top-level groups as branches) and save it; on
+    the first process only."""
+    # Lightning sets the rank when imported (from the launcher's environment) and in its
+    # Trainer; the commands that never import Lightning (predict, export, check-data) run alone
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
     tree = rich.tree.Tree("config", guide_style="dim")
     for key, value in cfg.items():
         branch = tree.add(f"[bold]{key}")

@@ -3,32 +3,33 @@
 files.py (suffixes, pairing, split lists), labels.py (label maps, palettes), reading.py (images
 and masks), dataset.py (samples), datamodule.py (the shared LightningDataModule), transforms.py;
 one module per dataset.
+
+The names below are imported on first use, so that reading images (``segformer.data.reading``,
+as predict does) does not import Lightning with the data modules: 4 s of every command's start.
 """
 
-from segformer.data.ade20k import ADE20KDataModule
-from segformer.data.camvid import CamVidDataModule
-from segformer.data.cityscapes import CityscapesDataModule
-from segformer.data.datamodule import SegmentationDataModule
-from segformer.data.dataset import SegmentationDataset
-from segformer.data.files import IMAGE_SUFFIXES, MASK_SUFFIXES
-from segformer.data.folder import FolderDataModule
-from segformer.data.labels import default_palette
-from segformer.data.reading import read_image, read_mask
-from segformer.data.synthetic import SyntheticDataModule
-from segformer.data.voc import VOCDataModule
+import importlib
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "MASK_SUFFIXES",
-    "ADE20KDataModule",
-    "CamVidDataModule",
-    "CityscapesDataModule",
-    "FolderDataModule",
-    "SegmentationDataModule",
-    "SegmentationDataset",
-    "SyntheticDataModule",
-    "VOCDataModule",
-    "default_palette",
-    "read_image",
-    "read_mask",
-]
+_MODULE_OF = {
+    "ADE20KDataModule": "ade20k",
+    "CamVidDataModule": "camvid",
+    "CityscapesDataModule": "cityscapes",
+    "FolderDataModule": "folder",
+    "SegmentationDataModule": "datamodule",
+    "SegmentationDataset": "dataset",
+    "SyntheticDataModule": "synthetic",
+    "VOCDataModule": "voc",
+    "IMAGE_SUFFIXES": "files",
+    "MASK_SUFFIXES": "files",
+    "default_palette": "labels",
+    "read_image": "reading",
+    "read_mask": "reading",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
