@@ -2,7 +2,7 @@
 a temporary file beside the target and renamed over it, so the previous version stays whole; a
 failed write (no space left, quota, permission, file-size limit) removes the temporary file and
 raises one ``UnwritableFileError`` naming the file, the cause and what was kept. Plain Python
-and torch: the commands that only read and write files (predict, export, check-data) start
+and torch: the commands that only read and write files (predict, export) start
 without importing Lightning; its checkpoint plugin is ``atomic_checkpoint.py``."""
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def print_config(cfg: DictConfig, save_to: Path | None = None, show: bool = True
     """Print the resolved config as a rich tree (top-level groups as branches) and save it; on
     the first process only."""
     # Lightning sets the rank when imported (from the launcher's environment) and in its
-    # Trainer; the commands that never import Lightning (predict, export, check-data) run alone
+    # Trainer; the commands that never import Lightning (predict, export) run alone
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
     tree = rich.tree.Tree("config", guide_style="dim")

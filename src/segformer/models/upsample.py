@@ -154,7 +154,7 @@ def _banded_argmax(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         image = table[b : b + 1]
         bands = _Bands(image, size, elements=1 << 18)
         for rows in bands.rows:
-            out[b : b + 1, rows] = bands.upsample(image, rows).argmax(-1)
+            out[b : b + 1, rows] = bands.upsample(image, bands.source(rows)).argmax(-1)
     return out
 
 
@@ -213,11 +213,9 @@ class _Bands:
         )
         return out.permute(0, 2, 3, 1)
 
-    def upsample(
-        self, table: torch.Tensor, rows: slice, source: tuple | None = None
-    ) -> torch.Tensor:
-        """(B, h, w, K) -> the band (B, rows, W, K); ``source``: its ``source(rows)`` if at hand."""
-        first, last, mix = source or self.source(rows)
+    def upsample(self, table: torch.Tensor, source: tuple[int, int, torch.Tensor]) -> torch.Tensor:
+        """(B, h, w, K) -> the band (B, rows, W, K) of ``source = self.source(rows)``."""
+        first, last, mix = source
         cols = self.widen(table[:, first:last])  # (B, r, W, K)
         B, r, W, K = cols.shape
         return torch.matmul(mix, cols.reshape(B, r, W * K)).view(B, len(mix), W, K)
@@ -255,14 +253,14 @@ class _UpsampleCrossEntropy(torch.autograd.Function):
         total = table.new_zeros(())
         if not ctx.needs_input_grad[0]:
             for rows in bands.rows:
-                log_p = bands.upsample(table, rows).log_softmax(-1)  # (B, rows, W, K)
+                log_p = bands.upsample(table, bands.source(rows)).log_softmax(-1)  # (B, rows, W, K)
                 total -= (log_p.gather(-1, safe[:, rows]).squeeze(-1) * pixel_w[:, rows]).sum()
             return valid_mean(total, count)  # 0 when every pixel is ignored (valid_pixels.py)
         scale = pixel_w / valid_count(count)  # (B, H, W): d loss / d nll of each pixel
         g_table = torch.zeros_like(table)  # d loss / d table
         for rows in bands.rows:
             first, last, mix = source = bands.source(rows)
-            z = bands.upsample(table, rows, source)  # (B, n, W, K)
+            z = bands.upsample(table, source)  # (B, n, W, K)
             p = z.softmax(-1)
             total += (_nll(z, p, safe[:, rows]) * pixel_w[:, rows]).sum()
             B, n, W, K = p.shape
