@@ -272,3 +272,22 @@ def test_binary_blends_as_the_softmax_pair_and_thresholds_its_probability(cfg) -
     assert 0 < classes.float().mean() < 1 and not torch.equal(classes, other)
     differ = classes != pair_probs.argmax(1)
     assert (probs[:, 0] - 0.5).abs()[differ].le(1e-6).all()
+
+
+def test_segment_takes_a_read_only_array_without_warning() -> None:
+    """np.asarray(PIL image) is read-only: segment reads it without torch's warning about
+    non-writable arrays, and gives the class map of a writable copy."""
+    import warnings
+
+    import numpy as np
+
+    from segformer.inference import segment
+
+    model = Recorder().eval()
+    images = np.random.default_rng(0).integers(0, 256, (1, 20, 24, 3), dtype=np.uint8)
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        classes = segment(model, frozen)
+    assert np.array_equal(classes, segment(model, images))

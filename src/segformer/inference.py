@@ -277,4 +277,6 @@ def _normalized(
 ) -> Tensor:
     """(B, H, W, C) stored values -> normalised (B, C, H, W) on the model's device."""
     device = next(model.parameters()).device
+    if not images.flags.writeable:  # np.asarray(PIL image): torch warns on read-only arrays
+        images = images.copy()
     return normalize(torch.from_numpy(images).to(device), mean, std)

@@ -265,3 +265,29 @@ def test_cross_entropy_without_gradient_is_the_same_loss():
     with_grad = upsample_cross_entropy(logits.clone().requires_grad_(), target)
     torch.testing.assert_close(plain, with_grad.detach(), rtol=1e-6, atol=0)
     torch.testing.assert_close(plain, reference_loss(logits, target), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("low", "size"), [((32, 32), (128, 128)), ((17, 23), (67, 90)), ((12, 9), (7, 13))]
+)
+def test_cell_blocks_cover_every_pixel_once_per_owner(low, size):
+    """The dense blocks of all cells (regular ones and the padded edge / uneven ones) reach
+    every output pixel, and each pixel only from the cell that owns it."""
+    from segformer.models.upsample import _CellPixels, _source_index
+
+    (h, w), (H, W), B = low, size, 2
+    y0, _, wy = _source_index(H, h, torch.device("cpu"))
+    x0, _, wx = _source_index(W, w, torch.device("cpu"))
+    first_count = []
+    for src, n in ((y0, h), (x0, w)):
+        first = torch.searchsorted(src, torch.arange(n))
+        first_count += [first, torch.searchsorted(src, torch.arange(n), right=True) - first]
+    y_first, y_count, x_first, x_count = first_count
+    blocks = _CellPixels(y_first, y_count, wy, x_first, x_count, wx, (B, h, w), size, elements=64)
+    cells = torch.arange(B * h * w)
+    owner = torch.full((B * H * W,), -1)
+    for part, wy_c, wx_c, pos in blocks(cells, 4):
+        ny, nx = wy_c.shape[1], wx_c.shape[1]
+        owner[pos] = cells[part, None].expand(-1, ny * nx).reshape(-1)
+    b, y, x = torch.meshgrid(torch.arange(B), torch.arange(H), torch.arange(W), indexing="ij")
+    assert torch.equal(owner, ((b * h + y0[y]) * w + x0[x]).reshape(-1))

@@ -18,7 +18,7 @@ a B0 training step 8x slower than the plain one), so other devices take the plai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,8 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     reaches r at one of the four corners. Taking for r the corner top class with the best
     smallest corner value, most cells of a trained model have r as their only candidate, and
     their pixels take r. The other cells are mixed over their candidates only, grouped by
-    candidate count (at most T = 2, 4, 8, ...) so that each group is a dense (pixels, T) tensor.
+    candidate count (at most T = 4, 8, 16, ...) and mixed as dense (cells, ny, nx, T) blocks of
+    their ny x nx output pixels (``_CellPixels``).
     (B, K, h, w) -> (B, H, W) int64.
     """
     if logits.device.type != "cpu":
@@ -82,9 +83,13 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     flat = table.view(-1, K)
     corners = _corner_cells(B, h, w, device)  # (4, B*h*w)
     tops = flat.argmax(1)[corners]  # (4, B*h*w) the top class of each corner of each cell
-    values = torch.stack([flat.take(c * K + tops) for c in corners])  # (corner, class, cell)
-    pick = values.amin(0).argmax(0)  # (B*h*w,) the one of ``tops`` with the best floor
-    ref = tops.gather(0, pick[None]).squeeze(0)  # (B*h*w,) reference class r
+    # r: the one of ``tops`` with the best floor (smallest corner value); compared in turn,
+    # as ATen's argmax over a dimension of 4 is 30x slower (measured)
+    floors = torch.stack([flat.take(c * K + tops) for c in corners]).amin(0)  # (class, cell)
+    ref, best = tops[0], floors[0]
+    for top, floor in zip(tops[1:], floors[1:], strict=True):
+        better = floor > best
+        ref, best = torch.where(better, top, ref), torch.maximum(best, floor)
     # its value at each corner, less an ulp of the largest magnitude for rounding in the mix
     slack = 1e-6 * torch.maximum(flat.amax(), -flat.amin())
     at = [flat.take(c * K + ref).view(B, h, w, 1) - slack for c in corners]  # 4 x (B, h, w, 1)
@@ -107,44 +112,92 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     many = count > 1
     if many.any():
         pixels = (y_count[:, None] * x_count).expand(B, h, w).reshape(-1)[many]
-        group = torch.exp2(torch.log2(count[many].float()).ceil()).clamp(max=K)  # T of each
+        group = torch.exp2(torch.log2(count[many].float()).ceil()).clamp(4, K)  # T of each
         share = (pixels * group).sum() / (B * H * W * K)
         if share > DENSE_SHARE:
             return _banded_argmax(table, size)
-    out = ref.view(B, h, w)[:, y0][:, :, x0].flatten()  # (B*H*W,) right for 1-candidate cells
+    out = ref.view(B, h, w)[:, y0][:, :, x0]  # (B, H, W) right for 1-candidate cells
+    pixels_of = _CellPixels(y_first, y_count, wy, x_first, x_count, wx, (B, h, w), size)
     T = 1
     while T < K and (count > T).any():  # the cells with T < count <= 2T, then 2T < count ...
-        cells = ((count > T) & (count <= 2 * T)).nonzero().squeeze(1)  # (Mc,) flat (b, i, j)
-        T = min(2 * T, K)
+        top = min(max(4, 2 * T), K)  # 2..4 candidates in one group: argmax over 2 is slow
+        cells = ((count > T) & (count <= top)).nonzero().squeeze(1)  # (Mc,) flat (b, i, j)
+        T = top
         if cells.numel() == 0:
             continue
-        # candidates, padded with the reference class: (Mc, T)
-        rows, cls = mask.index_select(0, cells).nonzero(as_tuple=True)
-        classes = ref[cells, None].repeat(1, T)
-        classes[rows, _expand(count[cells])[1]] = cls
-        c00, c01, c10, c11 = (flat.take(c[:, None] * K + classes) for c in corners[:, cells])
-        i, j = cells // w % h, cells % w
-        # mix along x once per (cell, output column), then along y per output pixel
-        cell, x = _expand(x_count[j])  # (Mx,)
-        x += x_first[j[cell]]
-        wx_c = wx[x, None]
-        upper = torch.lerp(c00.index_select(0, cell), c01.index_select(0, cell), wx_c)
-        lower = torch.lerp(c10.index_select(0, cell), c11.index_select(0, cell), wx_c)
-        column, y = _expand(y_count[i[cell]])  # (M,) output pixels
-        y += y_first[i[cell[column]]]
-        mix = torch.lerp(upper.index_select(0, column), lower.index_select(0, column), wy[y, None])
-        best = classes.view(-1)[cell[column] * T + mix.argmax(1)]  # (M,)
-        b = cells // (h * w)
-        out[(b[cell[column]] * H + y) * W + x[column]] = best
-    return out.view(B, H, W)
+        if T == K:  # every class: no list to build
+            classes = torch.arange(K, device=device).expand(cells.numel(), K)
+        else:  # candidates in class order, padded with the reference class: (Mc, T)
+            rows, cls = mask.index_select(0, cells).nonzero(as_tuple=True)
+            classes = ref[cells, None].repeat(1, T)
+            classes[rows, _expand(count[cells])[1]] = cls
+        for part, wy_c, wx_c, pos in pixels_of(cells, T):
+            cand = classes[part]  # (Mc, T)
+            c00, c01, c10, c11 = (flat.take(c[cells[part], None] * K + cand) for c in corners)
+            # the cell's pixels as a (Mc, ny, nx, T) block: x-mix per column, y-mix per pixel
+            upper = torch.lerp(c00[:, None], c01[:, None], wx_c)  # (Mc, nx, T)
+            lower = torch.lerp(c10[:, None], c11[:, None], wx_c)
+            mix = torch.lerp(upper[:, None], lower[:, None], wy_c)  # (Mc, ny, nx, T)
+            best = mix.flatten(1, 2).argmax(-1)  # (Mc, ny*nx)
+            out.view(-1)[pos] = cand.gather(1, best).view(-1)
+    return out
+
+
+class _CellPixels:
+    """The output pixels of low-res cells as dense blocks. ``self(cells, T)``, T candidate
+    classes per cell, yields chunks of the cells (flat (b, i, j) indices) as (positions in
+    ``cells``, row weights (Mc, ny, 1, 1), column weights (Mc, nx, 1), flat output positions
+    (Mc * ny * nx,)), so that a chunk's mixes are one (Mc, ny, nx, T) tensor. Most cells own
+    the same ny x nx pixels (4 x 4 at scale 4); the others (the edges, uneven scales) take the
+    largest block, repeating their last row or column, which writes one class twice to the same
+    pixel. A chunk holds about ``elements`` mixes."""
+
+    def __init__(self, y_first, y_count, wy, x_first, x_count, wx, low, size, elements=1 << 21):
+        self.y, self.x = (y_first, y_count, wy), (x_first, x_count, wx)
+        (_, self.h, self.w), (self.H, self.W) = low, size
+        self.elements = elements
+
+    def __call__(self, cells: torch.Tensor, candidates: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        i, j = cells // self.w % self.h, cells % self.w
+        ny, nx = self.y[1][i], self.x[1][j]
+        owns = (ny > 0) & (nx > 0)  # a cell owns no pixel when h > H or w > W
+        regular = owns & (ny == _mode(ny[owns])) & (nx == _mode(nx[owns]))
+        for members in (regular.nonzero().squeeze(1), (owns & ~regular).nonzero().squeeze(1)):
+            if members.numel() == 0:
+                continue
+            n_y, n_x = int(ny[members].max()), int(nx[members].max())
+            step = max(1, self.elements // (n_y * n_x * candidates))
+            for part in members.split(step):
+                ys, wy = _block_axis(self.y, i[part], n_y)  # (Mc, ny)
+                xs, wx = _block_axis(self.x, j[part], n_x)  # (Mc, nx)
+                b = cells[part, None, None] // (self.h * self.w)
+                pos = (b * self.H + ys[:, :, None]) * self.W + xs[:, None, :]  # (Mc, ny, nx)
+                yield part, wy[..., None, None], wx[..., None], pos.view(-1)
+
+
+def _mode(counts: torch.Tensor) -> int:
+    """The most frequent of non-negative ``counts`` (0 when empty)."""
+    return int(counts.bincount().argmax()) if counts.numel() else 0
+
+
+def _block_axis(
+    axis: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cell: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output indices and weights of the first ``n`` pixels along one axis of each cell,
+    (cells, n), the last one repeated where a cell owns fewer. ``axis``: each low-res row's (or
+    column's) first output pixel and count, and every output pixel's weight."""
+    first, count, weight = axis
+    offset = torch.arange(n, device=cell.device).expand(len(cell), n)
+    index = first[cell, None] + torch.minimum(offset, count[cell, None] - 1)
+    return index, weight[index]
 
 
 # the share of all-class work (B*H*W*K mixes) above which the candidate groups of
-# ``upsample_argmax`` give way to all classes in bands. Measured on an AVX2 EPYC, one thread,
-# 512x512, 150 classes: a random-init B0 on a white-noise image has a share of 0.05-0.1 and the
-# candidate path takes half the time of the bands; white-noise logits (0.02 * randn) have a share
-# over 0.6 and the candidate path took 3.3x the time of the bands (benchmarks/floor.py records)
-DENSE_SHARE = 0.25
+# ``upsample_argmax`` give way to all classes in bands. Measured on an AVX2 EPYC (Zen 3), two
+# threads, 512x512, 150 classes: a random-init B0 on a white-noise image has a share of 0.16 and
+# the candidate path takes half the time of the bands (39 vs 80 ms); white-noise logits
+# (0.02 * randn) have a share of 0.86 and the candidate path takes 1.3-1.5x the bands' time
+DENSE_SHARE = 0.5
 
 
 def _banded_argmax(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
