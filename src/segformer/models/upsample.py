@@ -85,7 +85,7 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     tops = flat.argmax(1)[corners]  # (4, B*h*w) the top class of each corner of each cell
     # r: the one of ``tops`` with the best floor (smallest corner value); compared in turn,
     # as ATen's argmax over a dimension of 4 is 30x slower (measured)
-    floors = torch.stack([flat.take(c * K + tops) for c in corners]).amin(0)  # (class, cell)
+    floors = torch.stack([flat.take(c * K + tops) for c in corners]).amin(0)  # (4, B*h*w)
     ref, best = tops[0], floors[0]
     for top, floor in zip(tops[1:], floors[1:], strict=True):
         better = floor > best
@@ -144,15 +144,27 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 
 class _CellPixels:
-    """The output pixels of low-res cells as dense blocks. ``self(cells, T)``, T candidate
-    classes per cell, yields chunks of the cells (flat (b, i, j) indices) as (positions in
+    """The output pixels of low-res cells as dense blocks. ``self(cells, T)`` (T candidate
+    classes per cell) yields chunks of the cells (flat (b, i, j) indices) as (positions in
     ``cells``, row weights (Mc, ny, 1, 1), column weights (Mc, nx, 1), flat output positions
     (Mc * ny * nx,)), so that a chunk's mixes are one (Mc, ny, nx, T) tensor. Most cells own
     the same ny x nx pixels (4 x 4 at scale 4); the others (the edges, uneven scales) take the
     largest block, repeating their last row or column, which writes one class twice to the same
     pixel. A chunk holds about ``elements`` mixes."""
 
-    def __init__(self, y_first, y_count, wy, x_first, x_count, wx, low, size, elements=1 << 21):
+    def __init__(
+        self,
+        y_first: torch.Tensor,
+        y_count: torch.Tensor,
+        wy: torch.Tensor,
+        x_first: torch.Tensor,
+        x_count: torch.Tensor,
+        wx: torch.Tensor,
+        low: Sequence[int],
+        size: Sequence[int],
+        elements: int = 1 << 21,
+    ) -> None:
+        # per low-res row / column: first output pixel and count; per output pixel: weight
         self.y, self.x = (y_first, y_count, wy), (x_first, x_count, wx)
         (_, self.h, self.w), (self.H, self.W) = low, size
         self.elements = elements
