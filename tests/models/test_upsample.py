@@ -273,17 +273,13 @@ def test_cross_entropy_without_gradient_is_the_same_loss():
 def test_cell_blocks_cover_every_pixel_once_per_owner(low, size):
     """The dense blocks of all cells (regular ones and the padded edge / uneven ones) reach
     every output pixel, and each pixel only from the cell that owns it."""
-    from segformer.models.upsample import _CellPixels, _source_index
+    from segformer.models.upsample import _CellPixels, _owned_pixels, _source_index
 
     (h, w), (H, W), B = low, size, 2
     y0, _, wy = _source_index(H, h, torch.device("cpu"))
     x0, _, wx = _source_index(W, w, torch.device("cpu"))
-    first_count = []
-    for src, n in ((y0, h), (x0, w)):
-        first = torch.searchsorted(src, torch.arange(n))
-        first_count += [first, torch.searchsorted(src, torch.arange(n), right=True) - first]
-    y_first, y_count, x_first, x_count = first_count
-    blocks = _CellPixels(y_first, y_count, wy, x_first, x_count, wx, (B, h, w), size, elements=64)
+    y_axis, x_axis = (*_owned_pixels(y0, h), wy), (*_owned_pixels(x0, w), wx)
+    blocks = _CellPixels(y_axis, x_axis, (h, w), size, elements=64)
     cells = torch.arange(B * h * w)
     owner = torch.full((B * H * W,), -1)
     for part, wy_c, wx_c, pos in blocks(cells, 4):

@@ -102,22 +102,18 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     mask = mask.view(-1, K)
     # (B*h*w,) >= 1 (r is one); summed in uint8 (exact for K < 256, 20x faster than int32)
     count = mask.view(torch.uint8).sum(1, dtype=torch.uint8 if K < 256 else torch.float32).int()
-    # output pixels of each low-res row and column: first one and how many (none if h > H)
-    arange_h, arange_w = torch.arange(h, device=device), torch.arange(w, device=device)
-    y_first, x_first = torch.searchsorted(y0, arange_h), torch.searchsorted(x0, arange_w)
-    y_count = torch.searchsorted(y0, arange_h, right=True) - y_first
-    x_count = torch.searchsorted(x0, arange_w, right=True) - x_first
+    y_axis, x_axis = (*_owned_pixels(y0, h), wy), (*_owned_pixels(x0, w), wx)  # first, count, w
     # near-ties everywhere (random logits): mixing T >= count candidates for every pixel of
     # every such cell costs more than mixing all K in cache-sized bands; take the bands then
     many = count > 1
     if many.any():
-        pixels = (y_count[:, None] * x_count).expand(B, h, w).reshape(-1)[many]
+        pixels = (y_axis[1][:, None] * x_axis[1]).expand(B, h, w).reshape(-1)[many]
         group = torch.exp2(torch.log2(count[many].float()).ceil()).clamp(4, K)  # T of each
         share = (pixels * group).sum() / (B * H * W * K)
         if share > DENSE_SHARE:
             return _banded_argmax(table, size)
     out = ref.view(B, h, w)[:, y0][:, :, x0]  # (B, H, W) right for 1-candidate cells
-    pixels_of = _CellPixels(y_first, y_count, wy, x_first, x_count, wx, (B, h, w), size)
+    pixels_of = _CellPixels(y_axis, x_axis, (h, w), size)
     T = 1
     while T < K and (count > T).any():  # the cells with T < count <= 2T, then 2T < count ...
         top = min(max(4, 2 * T), K)  # 2..4 candidates in one group: argmax over 2 is slow
@@ -133,7 +129,8 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
             classes[rows, _expand(count[cells])[1]] = cls
         for part, wy_c, wx_c, pos in pixels_of(cells, T):
             cand = classes[part]  # (Mc, T)
-            c00, c01, c10, c11 = (flat.take(c[cells[part], None] * K + cand) for c in corners)
+            corner_base = corners[:, cells[part], None] * K  # (4, Mc, 1) offsets in flat
+            c00, c01, c10, c11 = (flat.take(base + cand) for base in corner_base)
             # the cell's pixels as a (Mc, ny, nx, T) block: x-mix per column, y-mix per pixel
             upper = torch.lerp(c00[:, None], c01[:, None], wx_c)  # (Mc, nx, T)
             lower = torch.lerp(c10[:, None], c11[:, None], wx_c)
@@ -154,19 +151,16 @@ class _CellPixels:
 
     def __init__(
         self,
-        y_first: torch.Tensor,
-        y_count: torch.Tensor,
-        wy: torch.Tensor,
-        x_first: torch.Tensor,
-        x_count: torch.Tensor,
-        wx: torch.Tensor,
+        y_axis: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        x_axis: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         low: Sequence[int],
         size: Sequence[int],
         elements: int = 1 << 21,
     ) -> None:
-        # per low-res row / column: first output pixel and count; per output pixel: weight
-        self.y, self.x = (y_first, y_count, wy), (x_first, x_count, wx)
-        (_, self.h, self.w), (self.H, self.W) = low, size
+        # per low-res row / column: first output pixel and count (``_owned_pixels``); per
+        # output row / column: weight
+        self.y, self.x = y_axis, x_axis
+        (self.h, self.w), (self.H, self.W) = low, size
         self.elements = elements
 
     def __call__(self, cells: torch.Tensor, candidates: int) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -185,6 +179,15 @@ class _CellPixels:
                 b = cells[part, None, None] // (self.h * self.w)
                 pos = (b * self.H + ys[:, :, None]) * self.W + xs[:, None, :]  # (Mc, ny, nx)
                 yield part, wy[..., None, None], wx[..., None], pos.view(-1)
+
+
+def _owned_pixels(i0: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output pixels each of ``n`` low-res rows (or columns) owns, from every output
+    pixel's first source index ``i0`` (ascending): the first one and how many (0 for a row that
+    a smaller output skips)."""
+    index = torch.arange(n, device=i0.device)
+    first = torch.searchsorted(i0, index)
+    return first, torch.searchsorted(i0, index, right=True) - first
 
 
 def _mode(counts: torch.Tensor) -> int:
